@@ -1,0 +1,322 @@
+"""The llmkit GPT: a small decoder-only transformer as a first-class transformers model.
+
+Design choices:
+- GPT-2's module names (`transformer.wte/wpe/h/ln_f`, `attn.c_attn/c_proj`, `mlp.c_fc/c_proj`) so GPT-2 weights
+  convert by a transpose and LoRA target names (`c_attn`, `c_proj`, `c_fc`) are the same for both models.
+  Plain `nn.Linear` instead of GPT-2's `Conv1D`.
+- One fused q/k/v projection (one matmul instead of three) and, for SwiGLU, one fused gate/up projection.
+- Attention is picked through transformers' `ALL_ATTENTION_FUNCTIONS` (`sdpa` by default, `eager`,
+  `flash_attention_2/3` when installed); masks come from `create_causal_mask`, so padding, KV caches and
+  every attention backend share one code path. KV caching uses transformers `Cache` objects.
+- Rotary positions reuse transformers' RoPE (`LlamaRotaryEmbedding`, `apply_rotary_pos_emb`), so RoPE scaling
+  types (linear, dynamic, yarn, ...) come for free through `rope_parameters`.
+- Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
+  `shift_labels` (already shifted targets) to score every position of a packed block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+from .configuration_llmkit_gpt import LlmkitGPTConfig
+
+
+class LlmkitGPTRotaryEmbedding(LlamaRotaryEmbedding):
+    """RoPE cos/sin tables from `config.rope_parameters` (transformers' implementation)."""
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,  # (B, nh, T, hs)
+    key: torch.Tensor,  # (B, nh, S, hs), S = past + T
+    value: torch.Tensor,  # (B, nh, S, hs)
+    attention_mask: torch.Tensor | None,  # (B, 1, T, S) additive, or None
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, S)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return attn_output, attn_weights
+
+
+def _norm(config: LlmkitGPTConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+
+
+class LlmkitGPTAttention(nn.Module):
+    def __init__(self, config: LlmkitGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.n_embd // config.n_head
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj.residual_projection = True  # GPT-2 scaled init, see _init_weights
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, C)
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = hidden_states.shape
+        qkv = self.c_attn(hidden_states).view(B, T, 3, self.config.n_head, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+
+        if position_embeddings is not None:  # rotary
+            cos, sin = position_embeddings
+            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attn_pdrop if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(attn_output)), attn_weights
+
+
+class LlmkitGPTMLP(nn.Module):
+    def __init__(self, config: LlmkitGPTConfig):
+        super().__init__()
+        self.swiglu = config.mlp_type == "swiglu"
+        n_out = 2 * config.n_inner if self.swiglu else config.n_inner
+        self.c_fc = nn.Linear(config.n_embd, n_out, bias=config.bias)
+        self.act = ACT2FN["silu" if self.swiglu else config.activation_function]
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd, bias=config.bias)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.dropout(self.c_proj(h))
+
+
+class LlmkitGPTBlock(GradientCheckpointingLayer):
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: LlmkitGPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = LlmkitGPTAttention(config, layer_idx)
+        self.ln_2 = _norm(config)
+        self.mlp = LlmkitGPTMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_out, _ = self.attn(
+            self.ln_1(hidden_states),
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        hidden_states = hidden_states + attn_out
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class LlmkitGPTPreTrainedModel(PreTrainedModel):
+    config_class = LlmkitGPTConfig
+    config: LlmkitGPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlmkitGPTBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        # transformers' defaults (normal(0, initializer_range) linears/embeddings, unit norms, RoPE buffers),
+        # then GPT-2's scaled init of the two residual projections per block: std / sqrt(2 * n_layer).
+        # (transformers initialises leaf modules one by one, so the flag sits on the Linear itself.)
+        super()._init_weights(module)
+        if getattr(module, "residual_projection", False):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.weight, mean=0.0, std=std)
+
+
+class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
+    """The transformer without its head: embeddings, blocks, final norm."""
+
+    def __init__(self, config: LlmkitGPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.rotary = config.position_embedding_type == "rotary"
+        if self.rotary:
+            self.rotary_emb = LlmkitGPTRotaryEmbedding(config)
+        else:
+            self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([LlmkitGPTBlock(config, i) for i in range(config.n_layer)])
+        self.ln_f = _norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.wte = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding
+        position_ids: torch.LongTensor | None = None,  # (B, T)
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputation and caching do not mix
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        T = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(past_seen, past_seen + T, device=inputs_embeds.device).unsqueeze(0)
+        if not self.rotary and past_seen + T > self.config.n_positions:
+            raise ValueError(
+                f"sequence of {past_seen + T} tokens exceeds the context of {self.config.n_positions} "
+                "learned positions; crop the input to the last n_positions tokens"
+            )
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+
+        if self.rotary:
+            hidden_states = inputs_embeds
+            position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        else:
+            hidden_states = inputs_embeds + self.wpe(position_ids)
+            position_embeddings = None
+        hidden_states = self.drop(hidden_states)  # (B, T, C)
+
+        for block in self.h:
+            hidden_states = block(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        hidden_states = self.ln_f(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    loss_type = "ForCausalLM"
+
+    def __init__(self, config: LlmkitGPTConfig):
+        super().__init__(config)
+        self.transformer = LlmkitGPTModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,  # (B, T) aligned with input_ids; shifted inside the loss
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **_attention_kwargs(kwargs),
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)  # (B, T, vocab)
+
+        loss = None
+        if kwargs.get("shift_labels") is not None:
+            kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()  # the loss flattens it with .view
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    @classmethod
+    def from_gpt2(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs) -> LlmkitGPTForCausalLM:
+        """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent llmkit-gpt model."""
+        from .gpt2_conversion import convert_gpt2
+
+        return convert_gpt2(cls, model_or_path, **from_pretrained_kwargs)
+
+
+_LOSS_ONLY_KWARGS = ("shift_labels", "num_items_in_batch", "ignore_index")
+
+
+def _attention_kwargs(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k not in _LOSS_ONLY_KWARGS}

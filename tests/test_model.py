@@ -1,0 +1,239 @@
+"""The llmkit GPT as a transformers model: shapes, parity with GPT-2, caching, padding, saving, learning."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import llmkit
+from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM, build_model
+
+SMALL = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+VARIANTS = {
+    "learned": {},
+    "rotary": dict(position_embedding_type="rotary"),
+    "modern": dict(position_embedding_type="rotary", norm_type="rmsnorm", mlp_type="swiglu", bias=False),
+}
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return LlmkitGPTForCausalLM(LlmkitGPTConfig(**{**SMALL, **kw})).eval()
+
+
+def test_parameter_counts_match_gpt2_small_and_the_seed_124m_config():
+    gpt2_small = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    with torch.device("meta"):
+        assert n_params(GPT2LMHeadModel(GPT2Config(**gpt2_small))) == 124_439_808
+        assert n_params(build_model("llmkit-gpt", **gpt2_small)) == 124_439_808
+        assert n_params(build_model("gpt2", **gpt2_small)) == 124_439_808
+        seed_124m = build_model(
+            "llmkit-gpt", **{**gpt2_small, "n_positions": 256}, qkv_bias=False, tie_word_embeddings=False
+        )
+        assert n_params(seed_124m) == 162_419_712
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(n_embd=100, n_head=12), "n_embd (100) must be divisible by n_head (12)"),
+        (dict(activation_function="gelu_fast_typo"), "activation_function='gelu_fast_typo' is unknown"),
+        (dict(norm_type="batchnorm"), "norm_type='batchnorm' is not supported"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(attn_pdrop=1.5), "attn_pdrop must be in [0, 1)"),
+    ],
+)
+def test_invalid_configs_fail_at_construction_with_one_line(kw, message):
+    with pytest.raises(ValueError) as err:
+        LlmkitGPTConfig(**{**SMALL, **kw})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_auto_classes_know_llmkit_gpt():
+    config = AutoConfig.for_model("llmkit-gpt", **SMALL)
+    assert isinstance(config, LlmkitGPTConfig)
+    assert isinstance(AutoModelForCausalLM.from_config(config), LlmkitGPTForCausalLM)
+
+
+def test_from_gpt2_matches_logits_and_greedy_tokens():
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=101, n_positions=64, n_embd=48, n_layer=3, n_head=4)).eval()
+    ours = LlmkitGPTForCausalLM.from_gpt2(gpt2).eval()
+    assert ours.config.activation_function == "gelu_new"
+    ids = torch.randint(0, 101, (3, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
+    prompt = ids[:1, :5]
+    kw = dict(max_new_tokens=30, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(prompt, **kw), gpt2.generate(prompt, **kw))
+
+
+def test_from_gpt2_loads_a_saved_folder(tmp_path):
+    torch.manual_seed(1)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
+    gpt2.save_pretrained(tmp_path)
+    ours = LlmkitGPTForCausalLM.from_gpt2(str(tmp_path)).eval()
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_matches_full_forward_and_uncached_generation(variant):
+    model = tiny(**VARIANTS[variant])
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 12))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :5], use_cache=True)
+        steps = [out.logits]
+        cache = out.past_key_values
+        for t in range(5, 12):
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+    kw = dict(max_new_tokens=25, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids[:1, :3], use_cache=True, **kw), model.generate(ids[:1, :3], use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_left_padded_batch_generates_like_each_prompt_alone(variant):
+    model = tiny(seed=3, **VARIANTS[variant])
+    pad = 0
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kw = dict(max_new_tokens=15, do_sample=False, pad_token_id=pad)
+    batched = model.generate(ids, attention_mask=mask, **kw)[:, width:]
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(torch.tensor([prompt]), **kw)[0, len(prompt) :]
+        assert batched[row].tolist() == alone.tolist(), f"prompt {row} differs when batched"
+
+
+def test_eager_and_sdpa_attention_agree():
+    model = tiny()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    with torch.no_grad():
+        sdpa_logits = model(ids).logits
+        model.set_attn_implementation("eager")
+        eager_logits = model(ids).logits
+    torch.testing.assert_close(sdpa_logits, eager_logits, atol=1e-5, rtol=0)
+
+
+def test_save_and_reload_through_auto_classes(tmp_path):
+    model = tiny(**VARIANTS["modern"])
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded, LlmkitGPTForCausalLM)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 10))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reloaded(ids).logits)
+
+
+def test_untied_head_round_trips(tmp_path):
+    model = tiny(tie_word_embeddings=False)
+    assert model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+def test_tied_embeddings_share_storage():
+    model = tiny()
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def test_residual_projections_use_scaled_init():
+    torch.manual_seed(0)
+    model = LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=100, n_embd=256, n_layer=8, n_head=4))
+    expected = 0.02 / (2 * 8) ** 0.5
+    assert abs(model.transformer.h[0].attn.c_proj.weight.std().item() - expected) < 0.1 * expected
+    assert abs(model.transformer.h[0].attn.c_attn.weight.std().item() - 0.02) < 0.002
+
+
+def test_resize_token_embeddings_keeps_old_rows_and_tie():
+    model = tiny()
+    old = model.transformer.wte.weight[:SMALL["vocab_size"]].clone()
+    model.resize_token_embeddings(SMALL["vocab_size"] + 7)
+    assert model.config.vocab_size == SMALL["vocab_size"] + 7
+    assert torch.equal(model.transformer.wte.weight[: SMALL["vocab_size"]], old)
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert model(torch.tensor([[SMALL["vocab_size"] + 6]])).logits.shape[-1] == SMALL["vocab_size"] + 7
+
+
+def test_labels_give_shifted_loss_ignoring_minus_100():
+    model = tiny()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    out = model(ids, labels=labels)
+    logits = out.logits[:, :-1].reshape(-1, SMALL["vocab_size"])
+    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+    # shift_labels (from llmkit's packed-block collator) scores every position
+    targets = torch.randint(0, SMALL["vocab_size"], (2, 10))
+    out = model(ids, shift_labels=targets)
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, SMALL["vocab_size"]), targets.reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("variant", ["learned", "modern"])
+def test_gradient_checkpointing_gives_identical_gradients(variant):
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny(seed=7, **VARIANTS[variant]).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overfits_one_fixed_batch(variant):
+    model = tiny(seed=0, **VARIANTS[variant]).train()
+    torch.manual_seed(0)
+    ids = torch.randint(0, SMALL["vocab_size"], (4, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(300):
+        loss = model(ids, labels=ids).loss
+        if loss.item() < 0.05:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, f"loss {loss.item():.3f} after {step} steps"
+
+
+def test_i_love_ai_periodic_corpus_is_learned_exactly():
+    # The seeds' experiment: corpus "I love AI !" repeated, 4 tokens, 2 layers, 8 wide, 2 heads, seq_len 8.
+    vocab = ["I", "love", "AI", "!"]
+    corpus = torch.tensor([0, 1, 2, 3] * 64)
+    torch.manual_seed(0)
+    model = LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=4, n_positions=64, n_embd=8, n_layer=2, n_head=2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    windows = corpus.unfold(0, 9, 1)  # every 9-token window: 8 inputs + the next token
+    for _ in range(300):
+        batch = windows[torch.randint(0, len(windows), (16,))]
+        loss = model(batch[:, :-1], shift_labels=batch[:, 1:]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    out = model.eval().generate(torch.tensor([[0]]), max_new_tokens=11, do_sample=False, pad_token_id=0)
+    assert " ".join(vocab[i] for i in out[0]) == "I love AI ! I love AI ! I love AI !"
+
+
+def test_gpt2_arch_refuses_llmkit_only_options():
+    with pytest.raises(ValueError, match="model.norm_type is an llmkit-gpt option"):
+        build_model("gpt2", **SMALL, norm_type="rmsnorm")
+    with pytest.raises(ValueError, match="must be divisible by n_head"):
+        build_model("gpt2", vocab_size=10, n_embd=30, n_head=4)
+    assert llmkit.build_config("gpt2", **SMALL).activation_function == "gelu_new"
