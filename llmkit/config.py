@@ -1,0 +1,258 @@
+"""One YAML config for every workflow: typed sections, dotted command-line overrides, early one-line errors.
+
+Design choices:
+- Each section is a small dataclass; its fields are the public key names (`model.n_layer`, `data.source`, ...).
+- `training` is not duplicated: any `transformers.TrainingArguments` field passes straight through, checked
+  against TrainingArguments' own dataclass fields; llmkit only supplies defaults (see `llmkit.train`).
+- Unknown keys and wrong types fail before any work starts, with the key's dotted path and a did-you-mean.
+- Overrides are `section.key=value`, the value parsed as YAML (`training.max_steps=200`, `sample.prompts=[a, b]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "llmkit-gpt"  # llmkit-gpt | gpt2
+    from_pretrained: str | None = None  # a folder or Hub id to start from (its architecture wins)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 256  # the context length
+    n_inner: int | None = None
+    dropout: float = 0.0
+    activation_function: str | None = None  # default: gelu (llmkit-gpt), gelu_new (gpt2)
+    mlp_type: str | None = None  # llmkit-gpt: gelu | swiglu
+    norm_type: str | None = None  # llmkit-gpt: layernorm | rmsnorm
+    position_embedding_type: str | None = None  # llmkit-gpt: learned | rotary
+    bias: bool | None = None
+    qkv_bias: bool | None = None
+    tie_word_embeddings: bool = True
+    attn_implementation: str | None = None  # sdpa (default) | eager | flash_attention_2 ...
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # bpe | char | word | pretrained
+    vocab_size: int | None = None
+    name_or_path: str | None = None  # for kind=pretrained
+    min_frequency: int = 1
+    lowercase: bool = True  # word level only
+
+
+@dataclass
+class CleanConfig:
+    drop_metadata_lines: bool = False
+    collapse_blank_lines: bool = False
+    min_words: int | None = None
+    max_words: int | None = None
+    dedup: bool = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # file, glob, folder, .jsonl/.csv/.parquet, Hub dataset id, or builtin
+    val_source: str | None = None
+    text_field: str = "text"
+    hub_config: str | None = None
+    hub_split: str = "train"
+    block_size: int | None = None  # defaults to model.n_positions
+    val_ratio: float = 0.1
+    val_split: str = "random"  # random (seeded segments) | tail (the corpus' end, nanoGPT's way)
+    seed: int = 1337
+    packing: str = "blocks"  # blocks (non-overlapping) | random (nanoGPT-style random windows)
+    errors: str = "strict"  # strict | replace | ignore: how bytes that are not UTF-8 are handled
+    streaming: bool = False
+    num_proc: int = 1
+    cache_dir: str | None = None  # default: ~/.cache/llmkit/data
+    clean: CleanConfig = field(default_factory=CleanConfig)
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=lambda: ["\n"])
+    max_new_tokens: int = 100
+    do_sample: bool = True
+    temperature: float = 0.8
+    top_k: int | None = 40
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int = 1234
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: dict[str, Any] = field(default_factory=dict)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | pathlib.Path) -> None:
+        pathlib.Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+    @property
+    def block_size(self) -> int:
+        return self.data.block_size or self.model.n_positions
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply `a.b=value` overrides, and validate everything."""
+    raw: dict = {}
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/quickstart.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...)")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. training.max_steps=200")
+        _set_dotted(raw, key.strip(), _parse_value(value))
+    return _build(Config, raw, "")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {path}{_did_you_mean(key, names, prefix)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{path}.")
+        elif key == "training" and cls is Config:
+            kwargs[key] = _check_training(value)
+        else:
+            kwargs[key] = _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(prefix + n for n in names)}"
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check `value` against a simple type hint (int, float, str, bool, list[str], Optional of those)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{path} must be {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_training(value: Any) -> dict:
+    from transformers import TrainingArguments
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"training must be a mapping of TrainingArguments fields, got {type(value).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    hints = typing.get_type_hints(TrainingArguments)
+    checked = {}
+    for key, v in value.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key training.{key}{_did_you_mean(key, list(fields), 'training.')}")
+        hint = hints.get(key, Any)
+        try:
+            checked[key] = _coerce(v, hint, f"training.{key}")
+        except (ConfigError, TypeError):
+            if _loosely_ok(v, hint):
+                checked[key] = v
+            else:
+                raise
+    return checked
+
+
+def _loosely_ok(value: Any, hint: Any) -> bool:
+    """TrainingArguments hints include enums and dicts; accept strings/dicts where those are allowed."""
+    text = str(hint)
+    return (isinstance(value, str) and ("Enum" in text or "Strategy" in text or "Type" in text or "str" in text)) or (
+        isinstance(value, dict) and "dict" in text
+    ) or (isinstance(value, list) and "list" in text)

@@ -1,0 +1,383 @@
+"""From a config's `tokenizer` and `data` sections to token streams on disk and the datasets training reads.
+
+Design choices:
+- Tokenization is `datasets.Dataset.map(batched=True, num_proc=...)` over ~2 KB segments (see `sources`), with
+  the fast tokenizer's batch encoder. EOS ends every document.
+- The cache holds each split's token stream as a flat binary file (nanoGPT's train.bin: uint16 when the
+  vocabulary fits, else uint32), memory-mapped when read, beside the tokenizer that produced it. Its key
+  hashes the corpus content, the tokenizer's content and every setting that changes the stream (split,
+  seed, cleaning); blocks are views computed at load time, so no block-size-dependent result is ever cached.
+- A cache entry is written in a temporary folder and renamed into place only when complete, so an
+  interrupted run leaves nothing a later run would trust.
+- Training examples are blocks of `block_size + 1` tokens: inputs are the first `block_size`, targets the last
+  `block_size` (`shift_labels`), so every position is scored. `packing: blocks` tiles the stream with a
+  stride of `block_size` (consecutive blocks share one token, so no transition is lost); `packing: random`
+  draws nanoGPT-style random windows whose offsets are a pure function of (seed, index), so a resumed run
+  sees the same windows.
+- Streaming mode reads, tokenizes and packs on the fly (`datasets.IterableDataset`): memory stays flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset, IterableDataset
+
+from ..config import Config, ConfigError
+from ..tokenizers import load_tokenizer, tokenizer_hash, train_tokenizer
+from .clean import clean_documents
+from .sources import DataError, Segment, in_validation, iter_documents, segments
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("LLMKIT_CACHE", pathlib.Path.home() / ".cache" / "llmkit")) / "data"
+
+
+@dataclass
+class PreparedData:
+    """A tokenizer and its token streams (memory-mapped), or a streaming recipe when `streaming` is set."""
+
+    tokenizer: object
+    train: np.ndarray | None
+    val: np.ndarray | None
+    meta: dict
+    path: pathlib.Path | None = None
+    cache_hit: bool = False
+    stream: dict = field(default_factory=dict)
+
+    def train_dataset(self, block_size: int, packing: str = "blocks", seed: int = 1337):
+        if self.train is None:
+            return StreamingBlocks(block_size=block_size, split="train", **self.stream)
+        if packing == "random":
+            return RandomWindows(self.train, block_size, seed)
+        return PackedBlocks(self.train, block_size)
+
+    def eval_dataset(self, block_size: int):
+        if self.train is None:
+            return StreamingBlocks(block_size=block_size, split="validation", **self.stream)
+        return PackedBlocks(self.val, block_size) if self.val is not None and len(self.val) else None
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """Block i = tokens[i*T : i*T + T + 1]: T inputs and their T next-token targets."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int):
+        self.tokens, self.block_size = tokens, block_size
+        self.n = (len(tokens) - 1) // block_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        T = self.block_size
+        return {"input_ids": torch.from_numpy(self.tokens[i * T : i * T + T + 1].astype(np.int64))}
+
+
+class RandomWindows(PackedBlocks):
+    """nanoGPT's random windows; window i starts at an offset drawn from (seed, i), so it is reproducible."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, seed: int):
+        super().__init__(tokens, block_size)
+        self.seed = seed
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        T = self.block_size
+        start = int(np.random.default_rng((self.seed, i)).integers(0, len(self.tokens) - T))
+        return {"input_ids": torch.from_numpy(self.tokens[start : start + T + 1].astype(np.int64))}
+
+
+class StreamingBlocks(torch.utils.data.IterableDataset):
+    """Blocks packed on the fly from a `datasets.IterableDataset` of tokenized segments."""
+
+    def __init__(self, block_size: int, split: str, cfg: Config, tokenizer):
+        self.block_size, self.split, self.cfg, self.tokenizer = block_size, split, cfg, tokenizer
+
+    def __iter__(self) -> Iterator[dict]:
+        T = self.block_size
+        buffer: list[int] = []
+        for row in token_stream(self.cfg, self.tokenizer, self.split):
+            buffer.extend(row["input_ids"])
+            while len(buffer) >= T + 1:
+                yield {"input_ids": torch.tensor(buffer[: T + 1], dtype=torch.long)}
+                del buffer[:T]
+
+
+class BlockCollator:
+    """Stack blocks of T+1 tokens into `input_ids` (T), `labels` (= input_ids, the HF convention) and
+    `shift_labels` (the T next tokens, used by the loss as they are)."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        blocks = torch.stack([e["input_ids"] for e in examples])
+        inputs = blocks[:, :-1].contiguous()
+        return {"input_ids": inputs, "labels": inputs, "shift_labels": blocks[:, 1:].contiguous()}
+
+
+def validate_data_config(cfg: Config) -> None:
+    d = cfg.data
+    if not 0.0 <= d.val_ratio < 1.0:
+        raise ConfigError(f"data.val_ratio must be in [0, 1), got {d.val_ratio}")
+    if d.val_split not in ("random", "tail"):
+        raise ConfigError(f"data.val_split={d.val_split!r} is unknown; use random or tail")
+    if d.packing not in ("blocks", "random"):
+        raise ConfigError(f"data.packing={d.packing!r} is unknown; use blocks or random")
+    if cfg.block_size <= 0:
+        raise ConfigError(f"data.block_size must be positive, got {cfg.block_size}")
+    if cfg.block_size > cfg.model.n_positions and cfg.model.position_embedding_type != "rotary":
+        raise ConfigError(
+            f"data.block_size={cfg.block_size} exceeds the context model.n_positions={cfg.model.n_positions}; "
+            "lower data.block_size or raise model.n_positions"
+        )
+    if d.num_proc < 1:
+        raise ConfigError(f"data.num_proc must be at least 1, got {d.num_proc}")
+    if d.streaming and d.val_split == "tail" and not d.val_source:
+        raise ConfigError("data.val_split=tail needs the corpus length; in streaming mode use random or val_source")
+
+
+def _documents(cfg: Config, source: str) -> Iterator[str]:
+    d = cfg.data
+    docs = iter_documents(
+        source,
+        text_field=d.text_field,
+        errors=d.errors,
+        hub_config=d.hub_config,
+        hub_split=d.hub_split,
+        streaming=d.streaming,
+    )
+    return clean_documents(docs, d.clean)
+
+
+def split_segments(cfg: Config) -> Iterator[tuple[str, Segment]]:
+    """Yield (split, segment) in corpus order: train source first, then the validation source if any."""
+    d = cfg.data
+    for i, seg in enumerate(segments(_documents(cfg, d.source))):
+        if d.val_source or d.val_ratio == 0:
+            yield "train", seg
+        else:
+            yield ("validation" if in_validation(i, d.val_ratio, d.seed) else "train"), seg
+    if d.val_source:
+        for seg in segments(_documents(cfg, d.val_source)):
+            yield "validation", seg
+
+
+def _tail_split(pairs: list[tuple[str, Segment]], ratio: float) -> list[tuple[str, Segment]]:
+    """nanoGPT's split: the last `ratio` of the characters (whole segments) is validation."""
+    total = sum(len(s.text) for _, s in pairs)
+    out, acc = [], 0
+    for _, seg in reversed(pairs):
+        split = "validation" if acc < ratio * total else "train"
+        acc += len(seg.text)
+        out.append((split, seg))
+    return out[::-1]
+
+
+def _tokenize_batch(tokenizer):
+    eos = tokenizer.eos_token_id
+
+    def fn(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [x + [eos] if end else x for x, end in zip(ids, batch["doc_end"])]}
+
+    return fn
+
+
+def token_stream(cfg: Config, tokenizer, split: str) -> IterableDataset:
+    """Streaming: tokenized segments of one split, read lazily with `datasets.IterableDataset`."""
+
+    def gen():
+        for s, seg in split_segments(cfg):
+            if s == split:
+                yield {"text": seg.text, "doc_end": seg.doc_end}
+
+    ds = IterableDataset.from_generator(gen)
+    return ds.map(_tokenize_batch(tokenizer), batched=True, batch_size=64, remove_columns=["text", "doc_end"])
+
+
+def _settings_key(cfg: Config) -> dict:
+    d = cfg.data
+    return {
+        "val_ratio": d.val_ratio if not d.val_source else None,
+        "val_split": d.val_split,
+        "seed": d.seed,
+        "errors": d.errors,
+        "text_field": d.text_field,
+        "clean": vars(d.clean),
+        "segment_version": CACHE_VERSION,
+    }
+
+
+def _tokenizer_settings(cfg: Config) -> dict:
+    t = cfg.tokenizer
+    return {"kind": t.kind, "vocab_size": t.vocab_size, "min_frequency": t.min_frequency, "lowercase": t.lowercase}
+
+
+def _atomic_dir(final: pathlib.Path) -> pathlib.Path:
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: pathlib.Path, final: pathlib.Path) -> None:
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process finished the same entry first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _get_tokenizer(cfg: Config, corpus_fp: str, train_texts, cache_root: pathlib.Path, log):
+    t = cfg.tokenizer
+    if t.kind == "pretrained":
+        return train_tokenizer("pretrained", name_or_path=t.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    key = _hash({"corpus": corpus_fp, **_tokenizer_settings(cfg)})
+    folder = cache_root / "tokenizers" / key
+    if (folder / "tokenizer.json").exists():
+        return load_tokenizer(str(folder))
+    log(f"training a {t.kind} tokenizer ...")
+    tok = train_tokenizer(t.kind, train_texts(), t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase)
+    tmp = _atomic_dir(folder)
+    tok.save_pretrained(tmp)
+    _commit_dir(tmp, folder)
+    return tok
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def prepare_data(cfg: Config, log=print) -> PreparedData:
+    """Train or load the tokenizer, tokenize both splits (or reuse the cache), and return them."""
+    validate_data_config(cfg)
+    start = time.perf_counter()
+    cache_root = pathlib.Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+
+    if cfg.data.streaming:
+        return _prepare_streaming(cfg, cache_root, log)
+
+    pairs = list(split_segments(cfg))
+    if cfg.data.val_split == "tail" and not cfg.data.val_source and cfg.data.val_ratio > 0:
+        pairs = _tail_split(pairs, cfg.data.val_ratio)
+    if not any(seg.text.strip() for _, seg in pairs):
+        raise DataError(f"data.source {cfg.data.source!r}: no text left (after cleaning); check the files")
+    fp = hashlib.sha256()
+    for split, seg in pairs:
+        fp.update(f"{split}\0{int(seg.doc_end)}\0{len(seg.text)}\0".encode())
+        fp.update(seg.text.encode())
+    corpus_fp = fp.hexdigest()
+
+    # BPE and word vocabularies are learned from the training split only; a char alphabet from all text, so
+    # no validation character becomes <|unk|> (nanoGPT's way).
+    learn_from = ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)
+    tokenizer = _get_tokenizer(
+        cfg, corpus_fp, lambda: (s.text for split, s in pairs if split in learn_from), cache_root, log
+    )
+    tok_hash = tokenizer_hash(tokenizer)
+    key = _hash({"corpus": corpus_fp, "tokenizer": tok_hash, **_settings_key(cfg)})
+    folder = cache_root / key
+    hit = (folder / "meta.json").exists()
+    if hit:
+        meta = json.loads((folder / "meta.json").read_text())
+    else:
+        tmp = _atomic_dir(folder)
+        try:
+            meta = _tokenize_to(tmp, pairs, tokenizer, cfg, log)
+            meta.update(corpus_fingerprint=corpus_fp, tokenizer_hash=tok_hash, settings=_settings_key(cfg))
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the entry complete
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _commit_dir(tmp, folder)
+        meta = json.loads((folder / "meta.json").read_text())
+
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(folder / "train.bin", dtype=dtype, mode="r") if meta["train_tokens"] else np.zeros(0, dtype)
+    val = np.memmap(folder / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else None
+    data = PreparedData(tokenizer, train, val, meta, folder, hit)
+    check_enough_tokens(data, cfg)
+    meta["seconds"] = time.perf_counter() - start
+    return data
+
+
+def _tokenize_to(folder: pathlib.Path, pairs, tokenizer, cfg: Config, log) -> dict:
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
+    for split, filename in (("train", "train.bin"), ("validation", "val.bin")):
+        rows = [seg for s, seg in pairs if s == split]
+        prefix = "train" if split == "train" else "val"
+        meta[f"{prefix}_chars"] = sum(len(seg.text) for seg in rows)
+        meta[f"{prefix}_bytes"] = sum(len(seg.text.encode()) for seg in rows)
+        if not rows:
+            meta[f"{prefix}_tokens"] = 0
+            continue
+        ds = Dataset.from_dict({"text": [s.text for s in rows], "doc_end": [s.doc_end for s in rows]})
+        num_proc = min(cfg.data.num_proc, len(rows))
+        ds = ds.map(
+            _tokenize_batch(tokenizer),
+            batched=True,
+            batch_size=64,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=["text", "doc_end"],
+            desc=f"tokenizing {split}",
+        )
+        flat = ds.data.column("input_ids").combine_chunks().flatten().to_numpy()
+        flat.astype(dtype).tofile(folder / filename)
+        meta[f"{prefix}_tokens"] = int(len(flat))
+    return meta
+
+
+def check_enough_tokens(data: PreparedData, cfg: Config) -> None:
+    need = cfg.block_size + 1
+    for name, tokens in (("training", data.train), ("validation", data.val)):
+        if tokens is not None and 0 < len(tokens) < need or (name == "training" and len(tokens) == 0):
+            raise DataError(
+                f"the {name} split has {len(tokens)} tokens but one block needs {need} (data.block_size + 1); "
+                f"use more text or set data.block_size={max(1, len(tokens) - 1)} or lower"
+            )
+
+
+def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedData:
+    if cfg.tokenizer.kind == "pretrained":
+        tokenizer = _get_tokenizer(cfg, "", None, cache_root, log)
+    else:
+        # The tokenizer is trained on a pass over the training stream (the trainer keeps counts, not text).
+        fp = _hash({"streaming": cfg.data.source, "val": cfg.data.val_source, **_settings_key(cfg)})
+        tokenizer = _get_tokenizer(
+            cfg, fp, lambda: (seg.text for s, seg in split_segments(cfg) if s == "train"), cache_root, log
+        )
+    meta = {"vocab_size": len(tokenizer), "streaming": True, "eos_token_id": tokenizer.eos_token_id}
+    return PreparedData(tokenizer, None, None, meta, stream={"cfg": cfg, "tokenizer": tokenizer})
+
+
+def summary(data: PreparedData, block_size: int) -> str:
+    """A short report of what was prepared."""
+    m = data.meta
+    if m.get("streaming"):
+        return f"streaming from {data.stream['cfg'].data.source}; vocabulary {m['vocab_size']}"
+    lines = [f"{'split':<11}{'chars':>12}{'tokens':>12}{'chars/token':>13}{'blocks':>9}"]
+    for name, prefix, tokens in (("train", "train", data.train), ("validation", "val", data.val)):
+        n_tokens = m[f"{prefix}_tokens"]
+        if not n_tokens:
+            continue
+        blocks = (len(tokens) - 1) // block_size
+        lines.append(
+            f"{name:<11}{m[prefix + '_chars']:>12,}{n_tokens:>12,}{m[prefix + '_chars'] / n_tokens:>13.2f}{blocks:>9,}"
+        )
+    lines.append(
+        f"vocabulary {m['vocab_size']:,}; block {block_size}; {'cache hit' if data.cache_hit else 'tokenized'} "
+        f"in {m.get('seconds', 0):.1f}s; saved in {data.path}"
+    )
+    return "\n".join(lines)

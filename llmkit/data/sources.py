@@ -1,0 +1,191 @@
+"""Where text comes from: files, globs, folders, jsonl/csv/parquet, Hub datasets, and the built-in corpus.
+
+Design choices:
+- A source becomes a stream of *documents* (one text file, one jsonl/csv/parquet row, one Hub row, one topic of
+  the built-in corpus). Documents are cut into *segments* of about 2 KB at line ends that cannot change how any
+  of our tokenizers splits the text (a newline between two non-space characters), so tokenizing segments in
+  parallel gives the same tokens as tokenizing whole documents. `doc_end` marks where an EOS goes.
+- Structured files and Hub ids are read with `datasets.load_dataset` (streaming when asked). Plain text files
+  are read here so that a bad byte is reported with its file and offset, and `data.errors` can replace it.
+- The built-in corpus is the Python documentation that every CPython ships (`pydoc_data.topics`): about
+  465 KB of real English, offline, with no file from llmkit.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pathlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".tex", ".html", ".htm", ".py", ""}
+TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SEGMENT_CHARS = 2048
+
+
+class DataError(ValueError):
+    """Bad data input: the message names the file or setting and the fix."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    doc_end: bool
+
+
+def builtin_documents() -> list[str]:
+    """The Python documentation topics bundled with CPython, one document per topic, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    return [topics[name].strip() + "\n" for name in sorted(topics)]
+
+
+def resolve_files(source: str) -> list[pathlib.Path]:
+    """Expand a file, a folder (recursively, text and table files) or a glob into a sorted list of files."""
+    if any(ch in source for ch in "*?["):
+        files = sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
+        files = [f for f in files if f.is_file()]
+        if not files:
+            raise DataError(f"data.source {source!r}: the glob matches no file; check the pattern")
+        return files
+    path = pathlib.Path(os.path.expanduser(source))
+    if path.is_dir():
+        files = sorted(
+            f for f in path.rglob("*")
+            if f.is_file() and not f.name.startswith(".")
+            and (f.suffix.lower() in TEXT_SUFFIXES or f.suffix.lower() in TABLE_BUILDERS)
+        )
+        if not files:
+            raise DataError(
+                f"data.source {source!r}: the folder holds no text files (.txt, .md, .jsonl, .csv, .parquet, ...)"
+            )
+        return files
+    if path.is_file():
+        return [path]
+    raise DataError(f"data.source {source!r}: no such file or folder; check the path (or use data.source=builtin)")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """`name` or `namespace/name`, with no file suffix and no path prefix."""
+    if source.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source):
+        return False
+    suffix = pathlib.PurePath(source).suffix.lower()
+    return suffix not in (TEXT_SUFFIXES - {""}) | set(TABLE_BUILDERS) | {".gz", ".zip"}
+
+
+def is_local(source: str) -> bool:
+    return source == "builtin" or any(ch in source for ch in "*?[") or pathlib.Path(os.path.expanduser(source)).exists()
+
+
+def iter_documents(
+    source: str,
+    *,
+    text_field: str = "text",
+    errors: str = "strict",
+    hub_config: str | None = None,
+    hub_split: str = "train",
+    streaming: bool = False,
+) -> Iterator[str]:
+    """Yield the documents of `source` in a fixed order."""
+    if errors not in ("strict", "replace", "ignore"):
+        raise DataError(f"data.errors={errors!r} is unknown; use strict, replace or ignore")
+    if source == "builtin":
+        yield from builtin_documents()
+        return
+    if not is_local(source):
+        if not looks_like_hub_id(source):
+            resolve_files(source)  # raises the missing-path message
+        yield from _hub_documents(source, text_field, hub_config, hub_split, streaming)
+        return
+    for file in resolve_files(source):
+        suffix = file.suffix.lower()
+        if suffix in TABLE_BUILDERS:
+            yield from _table_documents(file, TABLE_BUILDERS[suffix], text_field, streaming)
+        else:
+            yield _read_text(file, errors)
+
+
+def _read_text(file: pathlib.Path, errors: str) -> str:
+    data = file.read_bytes()
+    if not data.strip():
+        raise DataError(f"{file}: the file is empty; remove it or point data.source at a file with text")
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{file}: byte {err.start} is not valid UTF-8 (0x{data[err.start]:02x}); re-encode the file as UTF-8 "
+            "or set data.errors=replace"
+        ) from None
+
+
+def _check_field(columns, text_field: str, where: str) -> None:
+    if columns is not None and text_field not in columns:
+        raise DataError(
+            f"{where}: no text field {text_field!r}; its columns are {', '.join(map(str, columns))}; "
+            "set data.text_field to one of them"
+        )
+
+
+def _table_documents(file: pathlib.Path, builder: str, text_field: str, streaming: bool) -> Iterator[str]:
+    from datasets import load_dataset
+
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: the file is empty; remove it or point data.source at a file with text")
+    ds = load_dataset(builder, data_files=str(file), split="train", streaming=streaming)
+    _check_field(ds.column_names, text_field, str(file))
+    for row in ds:
+        text = row[text_field]
+        if text:
+            yield str(text)
+
+
+def _hub_documents(repo_id, text_field, config, split, streaming) -> Iterator[str]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(repo_id, config, split=split, streaming=streaming)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"data.source {repo_id!r} is neither a local path nor a loadable Hub dataset ({first}); "
+            "check the path, or the id, data.hub_config and your connection"
+        ) from None
+    _check_field(ds.column_names, text_field, f"Hub dataset {repo_id}")
+    for row in ds:
+        if row[text_field]:
+            yield str(row[text_field])
+
+
+def segments(documents: Iterator[str], size: int = SEGMENT_CHARS) -> Iterator[Segment]:
+    """Cut documents into segments of about `size` characters at tokenizer-safe newlines."""
+    for doc in documents:
+        start = 0
+        n = len(doc)
+        while n - start > size:
+            cut = _safe_cut(doc, start + size, n)
+            if cut is None:
+                break
+            yield Segment(doc[start:cut], False)
+            start = cut
+        yield Segment(doc[start:], True)
+
+
+def _safe_cut(doc: str, at: int, n: int) -> int | None:
+    """The index just after a newline at or after `at` with a non-space character on both sides."""
+    pos = at
+    while True:
+        pos = doc.find("\n", pos)
+        if pos == -1 or pos + 1 >= n:
+            return None
+        if pos > 0 and not doc[pos - 1].isspace() and not doc[pos + 1].isspace():
+            return pos + 1
+        pos += 1
+
+
+def in_validation(index: int, ratio: float, seed: int) -> bool:
+    """Seeded, order-independent assignment of segment `index` to validation (same in streaming mode)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < ratio
