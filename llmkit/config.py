@@ -114,6 +114,10 @@ class Config:
         return self.data.block_size or self.model.n_positions
 
 
+# Keys llmkit reads from the training section besides TrainingArguments' own fields.
+LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int}
+
+
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from defaults), apply `a.b=value` overrides, and validate everything."""
     raw: dict = {}
@@ -235,6 +239,8 @@ def _check_training(value: Any) -> dict:
         raise ConfigError(f"training must be a mapping of TrainingArguments fields, got {type(value).__name__}")
     fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
     hints = typing.get_type_hints(TrainingArguments)
+    fields.update(LLMKIT_TRAINING_EXTRAS)
+    hints.update(LLMKIT_TRAINING_EXTRAS)
     checked = {}
     for key, v in value.items():
         if key not in fields:

@@ -1,0 +1,209 @@
+"""The `llmkit` command: prepare, train, generate, evaluate.
+
+Every bad input ends as one line on stderr (`llmkit: error: ...`) and exit code 2; tracebacks are for bugs.
+`accelerate launch -m llmkit.cli train CONFIG` runs the same code data-parallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+GENERATE_HELP = """\
+Long outputs: a model with learned positions sees at most n_positions tokens. Generation uses the KV cache
+until the context is full, then computes each new token on the last n_positions-1 tokens (a sliding window,
+positions shift). A prompt longer than the context keeps its end (with a warning); characters a char-level
+tokenizer never saw are dropped (with a warning); an empty prompt starts from the EOS token.
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config (see configs/); defaults apply when omitted")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as training.max_steps=200 model.n_layer=2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmkit", description="Train, sample and evaluate small GPTs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="train/load the tokenizer and tokenize the data into the cache")
+    _add_config_args(p)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    p.add_argument("--output-dir", help="run folder (default: training.output_dir)")
+
+    p = sub.add_parser("generate", help="sample text from a trained model", epilog=GENERATE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="run folder or Hub id")
+    p.add_argument("--adapter", help="LoRA adapter folder or Hub id to apply")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text (default: read stdin if piped, else empty)")
+    src.add_argument("--prompt-file", help="read the prompt from a file")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--num-samples", type=int, default=1, help="several samples in one batched pass")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
+    p.add_argument("--interactive", "-i", action="store_true", help="keep the model loaded and read prompts")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print the samples as JSON")
+
+    p = sub.add_parser("evaluate", help="loss, perplexity and bits per char/byte of models on a data source")
+    p.add_argument("models", nargs="+", help="run folders or Hub ids (several print a comparison table)")
+    p.add_argument("--data", required=True, help="data source: file, glob, folder, jsonl/csv/parquet, Hub id, builtin")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: half the context)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per model")
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--device", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) is not None and ("=" in args.config or not args.config):
+        args.overrides = ([args.config] if args.config else []) + args.overrides  # no config file, only overrides
+        args.config = None
+    from .config import ConfigError
+    from .data import DataError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DataError) as err:
+        print(f"llmkit: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if getattr(err, "filename", None) or "does not appear to have" in str(err) or "not a valid" in str(err):
+            print(f"llmkit: error: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("llmkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_prepare(args) -> int:
+    from .config import load_config
+    from .data import prepare_data, summary
+
+    cfg = load_config(args.config, args.overrides)
+    data = prepare_data(cfg)
+    print(summary(data, cfg.block_size))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, output_dir=args.output_dir, resume=args.resume)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generate import generate_texts, load_model
+
+    model, tokenizer = _load_or_fail(load_model, args.model, adapter=args.adapter, device=args.device)
+    settings = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    stream = not args.no_stream and not args.json and args.num_samples == 1 and sys.stdout.isatty()
+
+    def run(prompt: str) -> None:
+        try:
+            texts = generate_texts(model, tokenizer, [prompt], stream=stream, **settings)
+        except ValueError as err:
+            raise _as_config_error(err) from None
+        if args.json:
+            print(json.dumps({"prompt": prompt, "samples": texts}, ensure_ascii=False))
+        elif not stream:
+            for i, text in enumerate(texts):
+                if len(texts) > 1:
+                    print(f"--- sample {i + 1} ---")
+                print(prompt + text)
+        else:
+            print()
+
+    if args.interactive:
+        print("llmkit: interactive mode; an empty line or Ctrl-D quits", file=sys.stderr)
+        while True:
+            try:
+                prompt = input("> ")
+            except EOFError:
+                break
+            if not prompt:
+                break
+            run(prompt)
+        return 0
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            from .config import ConfigError
+
+            raise ConfigError(f"--prompt-file {args.prompt_file}: {err}") from None
+    elif not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    else:
+        prompt = ""
+    run(prompt)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_models, format_table
+
+    results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
+                              batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device)
+    print(format_table(results))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _as_config_error(err: Exception):
+    from .config import ConfigError
+
+    return ConfigError(str(err).splitlines()[0])
+
+
+def _load_or_fail(loader, name, **kwargs):
+    from .config import ConfigError
+
+    try:
+        return loader(name, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"cannot load model {name!r}: {str(err).strip().splitlines()[0]}; pass a run folder or a Hub id"
+        ) from None
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`llmkit generate`: text from a trained model with HF `generate()` and its logits processors.
+
+Design choices:
+- Decoding is `model.generate()` with its own settings (greedy, temperature, top-k, top-p, repetition
+  penalty, `stop_strings`, `num_return_sequences` for several samples in one batched pass, `TextStreamer` for
+  token-by-token output). llmkit adds only the glue around it.
+- Longer than the context: a model with learned positions cannot see past `n_positions` tokens. Generation
+  runs with the KV cache until the context is full; after that each new token is computed on the last
+  `n_positions - 1` tokens (the seeds' sliding window: positions shift, so the cache is recomputed).
+  Rotary models take the same path, since they were trained on windows of that length.
+- A prompt longer than the context keeps its end, with a warning. Characters a char-level tokenizer never saw
+  are dropped with a warning (the seeds do the same). An empty prompt starts from the EOS/BOS token.
+- `seed` makes sampling reproducible: the same seed gives the same text.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
+
+
+def load_model(name_or_path: str, *, adapter: str | None = None, device: str | None = None,
+               trust_remote_code: bool = False):
+    """Load a model folder or Hub id (and an optional LoRA adapter) with its tokenizer, ready for inference."""
+    import llmkit  # noqa: F401  (registers llmkit-gpt with the Auto classes)
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def context_length(model) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
+
+
+def encode_prompt(tokenizer, prompt: str, context: int) -> list[int]:
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    unk = tokenizer.unk_token_id
+    if unk is not None and unk in ids:
+        warnings.warn(f"dropped {ids.count(unk)} prompt token(s) the tokenizer does not know", stacklevel=2)
+        ids = [i for i in ids if i != unk]
+    if not ids:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start]
+    if len(ids) >= context:
+        warnings.warn(f"prompt of {len(ids)} tokens is longer than the context; keeping its last {context - 1}",
+                      stacklevel=2)
+        ids = ids[-(context - 1):]
+    return ids
+
+
+def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationConfig, *,
+                 tokenizer=None, streamer=None, stop: list[str] | None = None) -> torch.Tensor:
+    """`model.generate`, continued past the context with a sliding window. Returns only the new tokens."""
+    context = context_length(model)
+    wanted = generation_config.max_new_tokens
+    extra = dict(tokenizer=tokenizer, stop_strings=stop) if stop else {}
+    first = min(wanted, context - input_ids.shape[1])
+    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config,
+                         max_new_tokens=first, streamer=streamer, **extra)
+    new = out[:, input_ids.shape[1]:]
+    eos = generation_config.eos_token_id
+    while new.shape[1] < wanted and not _finished(new, eos, stop, tokenizer):
+        window = torch.cat([input_ids.expand(new.shape[0], -1), new], dim=1)[:, -(context - 1):]
+        step = model.generate(window, attention_mask=torch.ones_like(window), generation_config=generation_config,
+                              max_new_tokens=1, num_return_sequences=1, streamer=streamer, **extra)
+        new = torch.cat([new, step[:, -1:]], dim=1)
+    return new
+
+
+def _finished(new, eos, stop, tokenizer) -> bool:
+    if eos is not None and bool((new == eos).any(dim=1).all()):
+        return True
+    if stop and tokenizer is not None:
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        return all(any(s in t for s in stop) for t in texts)
+    return False
+
+
+def make_generation_config(model, tokenizer, *, max_new_tokens=100, do_sample=None, temperature=1.0, top_k=None,
+                           top_p=None, repetition_penalty=None, num_samples=1) -> GenerationConfig:
+    """Greedy when temperature is 0 or do_sample is False; sampling otherwise."""
+    if do_sample is None:
+        do_sample = temperature is not None and temperature > 0
+    if temperature is not None and temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"--top-k must be >= 0, got {top_k}")
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=bool(do_sample),
+        num_return_sequences=num_samples,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    if do_sample:
+        settings.update(temperature=temperature or 1.0, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
+    if repetition_penalty is not None:
+        if repetition_penalty <= 0:
+            raise ValueError(f"--repetition-penalty must be > 0, got {repetition_penalty}")
+        settings["repetition_penalty"] = repetition_penalty
+    return GenerationConfig(**settings)
+
+
+def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_tokens: int = 100,
+                   do_sample: bool | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, repetition_penalty: float | None = None, num_samples: int = 1,
+                   seed: int | None = None, stop: list[str] | None = None, stream: bool = False) -> list[str]:
+    """Text in, text out: the continuations (without the prompt) of each prompt, `num_samples` per prompt."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    unwrapped = getattr(model, "module", model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    device = next(unwrapped.parameters()).device
+    gen = make_generation_config(unwrapped, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 repetition_penalty=repetition_penalty, num_samples=num_samples)
+    outputs = []
+    try:
+        for prompt in prompts:
+            if seed is not None:
+                set_seed(seed)
+            ids = torch.tensor([encode_prompt(tokenizer, prompt, context_length(unwrapped))], device=device)
+            streamer = TextStreamer(tokenizer, skip_prompt=True) if stream and num_samples == 1 else None
+            with torch.no_grad():
+                new = generate_ids(unwrapped, ids, gen, tokenizer=tokenizer, streamer=streamer, stop=stop)
+            for row in new:
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                outputs.append(_cut_at_stop(text, stop))
+    finally:
+        unwrapped.train(was_training)
+    return outputs
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> str:
+    for s in stop or []:
+        if s in text:
+            text = text[: text.index(s) + len(s)]
+    return text
