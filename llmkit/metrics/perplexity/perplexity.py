@@ -1,0 +1,112 @@
+"""Perplexity of an in-memory causal LM on texts, with a sliding window: an `evaluate` metric.
+
+Unlike the Hub's `perplexity` metric (which takes a model id and cannot be downloaded offline), this one takes a
+loaded model and tokenizer. The texts are joined as training joins documents, `EOS doc1 EOS doc2 ...`, and every
+token after the leading EOS is scored exactly once (the method of the transformers perplexity guide): windows
+of `context` tokens start every `stride` tokens, and each window scores only the targets not scored before, so
+each token is predicted with as much context as the model allows. With `stride == context` the windows are
+the non-overlapping blocks training evaluates on.
+
+Bits per character and per byte divide the total negative log-likelihood by the text's characters (bytes),
+with each document boundary (EOS) counted as one character (byte), so a char-level model's bits per character
+equal its bits per token, and models with different tokenizers are comparable.
+"""
+
+import math
+
+import datasets
+import evaluate
+import torch
+from torch.nn import functional as F
+
+_DESCRIPTION = "Sliding-window perplexity, bits per token, character and byte of a loaded causal LM."
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (list[str]): the texts (documents) to score.
+    model: a loaded causal LM (transformers PreTrainedModel).
+    tokenizer: its tokenizer (needs an EOS token).
+    stride (int, optional): window step in tokens; default half the context.
+    context (int, optional): window length; default the model's context.
+    batch_size (int): windows per forward pass.
+    max_tokens (int, optional): stop after scoring this many tokens.
+Returns:
+    loss, perplexity, bits_per_token, bits_per_char, bits_per_byte, tokens, chars, bytes, context, stride
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class Perplexity(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, model, tokenizer, stride=None, context=None, batch_size=8, max_tokens=None):
+        config = model.config
+        context = int(context or getattr(config, "n_positions", None) or config.max_position_embeddings)
+        stride = int(stride or max(1, context // 2))
+        if not 0 < stride <= context:
+            raise ValueError(f"stride must be in [1, {context}] (the context), got {stride}")
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has no EOS token; documents cannot be joined")
+        encoded = tokenizer(list(predictions), add_special_tokens=False)["input_ids"]
+        stream = [eos]
+        for ids in encoded:
+            stream.extend(ids)
+            stream.append(eos)
+        stream.pop()  # no boundary after the last document
+        ids = torch.tensor(stream, dtype=torch.long)
+        n_targets = len(ids) - 1
+        if max_tokens is not None:
+            n_targets = min(n_targets, int(max_tokens))
+        boundaries = len(encoded) - 1
+        chars = sum(len(t) for t in predictions) + boundaries
+        n_bytes = sum(len(t.encode("utf-8")) for t in predictions) + boundaries
+
+        device = next(model.parameters()).device
+        windows = []  # (begin, first target index scored in this window, end)
+        scored = 0
+        begin = 0
+        while scored < n_targets:
+            end = min(begin + context, n_targets)
+            windows.append((begin, scored, end))
+            scored = end
+            begin += stride
+        total_nll = 0.0
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(windows), batch_size):
+                group = windows[i : i + batch_size]
+                width = max(end - b for b, _, end in group)
+                inputs = torch.full((len(group), width), eos, dtype=torch.long)
+                targets = torch.full((len(group), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(group), width), dtype=torch.long)
+                for row, (b, first, end) in enumerate(group):
+                    inputs[row, : end - b] = ids[b:end]
+                    mask[row, : end - b] = 1
+                    targets[row, first - b : end - b] = ids[first + 1 : end + 1]
+                logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
+                nll = F.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), targets.to(device).reshape(-1),
+                    ignore_index=-100, reduction="sum",
+                )
+                total_nll += float(nll.double())
+        model.train(was_training)
+        loss = total_nll / n_targets
+        return {
+            "loss": loss,
+            "perplexity": math.exp(loss),
+            "bits_per_token": loss / math.log(2),
+            "bits_per_char": total_nll / math.log(2) / chars if max_tokens is None else None,
+            "bits_per_byte": total_nll / math.log(2) / n_bytes if max_tokens is None else None,
+            "tokens": n_targets,
+            "chars": chars,
+            "bytes": n_bytes,
+            "context": context,
+            "stride": stride,
+        }
