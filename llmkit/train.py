@@ -217,7 +217,7 @@ def build_model_for(cfg: Config, tokenizer) -> torch.nn.Module:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        max_new_tokens=cfg.sample.max_new_tokens,
+        max_new_tokens=cfg.sample.max_new_tokens or 100,
         do_sample=cfg.sample.do_sample,
         temperature=cfg.sample.temperature,
         top_k=cfg.sample.top_k,
