@@ -184,12 +184,14 @@ def test_num_proc_2_gives_the_same_stream_as_num_proc_1(tmp_path, corpus_file):
 def test_an_entry_without_meta_json_is_not_trusted_and_is_rebuilt(tmp_path, corpus_file):
     """An interrupted prepare can leave the entry's folder without meta.json (the completion mark)."""
     first = char_data(tmp_path, corpus_file)
-    (first.path / "meta.json").unlink()
-    (first.path / "train.bin").write_bytes(b"\x00\x00")  # truncated: must not be read
+    expected, path = np.array(first.train), first.path  # a copy: the memory-mapped file is truncated below
+    del first
+    (path / "meta.json").unlink()
+    (path / "train.bin").write_bytes(b"\x00\x00")  # truncated: must not be read
     again = char_data(tmp_path, corpus_file)
-    assert not again.cache_hit
+    assert not again.cache_hit and again.path == path
     assert (again.path / "meta.json").exists()
-    assert np.array_equal(again.train, first.train)  # noqa: first.train is still the old mapping
+    assert np.array_equal(again.train, expected)
     assert again.meta["train_tokens"] == len(again.train) == (again.path / "train.bin").stat().st_size // 2
 
 
@@ -306,7 +308,7 @@ def test_streaming_with_a_tail_split_is_a_config_error(tmp_path, corpus_file):
 
 
 def test_unknown_errors_setting(tmp_path, corpus_file):
-    message = one_line_error(DataError, tmp_path, f"data.source={corpus_file}", "data.errors=bogus")
+    message = one_line_error(ConfigError, tmp_path, f"data.source={corpus_file}", "data.errors=bogus")
     assert "data.errors='bogus'" in message
 
 

@@ -18,17 +18,17 @@ PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 SEED_FILE = SEEDS / "000_7b66da0ec6b7d4dd.txt"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_texts() -> tuple[str, ...]:
     return tuple(builtin_documents()[:20])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(kind: str, vocab_size: int | None = None):
     return train_tokenizer(kind, list(training_texts()), vocab_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def char_alphabet() -> str:
     return "".join(sorted(set("".join(training_texts()))))
 

@@ -142,6 +142,12 @@ def validate_data_config(cfg: Config) -> None:
             f"data.block_size={cfg.block_size} exceeds the context model.n_positions={cfg.model.n_positions}; "
             "lower data.block_size or raise model.n_positions"
         )
+    if d.errors not in ("strict", "replace", "ignore"):
+        raise ConfigError(f"data.errors={d.errors!r} is unknown; use strict, replace or ignore")
+    from ..tokenizers import KINDS
+
+    if cfg.tokenizer.kind not in KINDS:
+        raise ConfigError(f"tokenizer.kind={cfg.tokenizer.kind!r} is unknown; use one of {', '.join(KINDS)}")
     if d.num_proc < 1:
         raise ConfigError(f"data.num_proc must be at least 1, got {d.num_proc}")
     if d.streaming and d.val_split == "tail" and not d.val_source:
@@ -231,7 +237,14 @@ def _atomic_dir(final: pathlib.Path) -> pathlib.Path:
     return tmp
 
 
-def _commit_dir(tmp: pathlib.Path, final: pathlib.Path) -> None:
+def _commit_dir(tmp: pathlib.Path, final: pathlib.Path, marker: str) -> None:
+    if final.exists() and not (final / marker).exists():  # an incomplete entry: never trusted, replaced
+        stale = final.with_name(f".{final.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.replace(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
     try:
         os.replace(tmp, final)
     except OSError:  # another process finished the same entry first: keep theirs
@@ -247,10 +260,14 @@ def _get_tokenizer(cfg: Config, corpus_fp: str, train_texts, cache_root: pathlib
     if (folder / "tokenizer.json").exists():
         return load_tokenizer(str(folder))
     log(f"training a {t.kind} tokenizer ...")
-    tok = train_tokenizer(t.kind, train_texts(), t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase)
+    try:
+        tok = train_tokenizer(t.kind, train_texts(), t.vocab_size, min_frequency=t.min_frequency,
+                              lowercase=t.lowercase)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     tmp = _atomic_dir(folder)
     tok.save_pretrained(tmp)
-    _commit_dir(tmp, folder)
+    _commit_dir(tmp, folder, "tokenizer.json")
     return tok
 
 
@@ -300,7 +317,7 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _commit_dir(tmp, folder)
+        _commit_dir(tmp, folder, "meta.json")
         meta = json.loads((folder / "meta.json").read_text())
 
     dtype = np.dtype(meta["dtype"])
@@ -355,8 +372,9 @@ def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedDa
     else:
         # The tokenizer is trained on a pass over the training stream (the trainer keeps counts, not text).
         fp = _hash({"streaming": cfg.data.source, "val": cfg.data.val_source, **_settings_key(cfg)})
+        learn_from = ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)  # as in memory
         tokenizer = _get_tokenizer(
-            cfg, fp, lambda: (seg.text for s, seg in split_segments(cfg) if s == "train"), cache_root, log
+            cfg, fp, lambda: (seg.text for s, seg in split_segments(cfg) if s in learn_from), cache_root, log
         )
     meta = {"vocab_size": len(tokenizer), "streaming": True, "eos_token_id": tokenizer.eos_token_id}
     return PreparedData(tokenizer, None, None, meta, stream={"cfg": cfg, "tokenizer": tokenizer})

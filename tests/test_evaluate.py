@@ -1,0 +1,121 @@
+"""`llmkit evaluate`: sliding-window perplexity against direct computations, bits per char, and the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
+from llmkit.cli import main
+from llmkit.evaluate import evaluate_model
+from llmkit.tokenizers import train_tokenizer
+
+PERIODIC = "aaaaaab " * 40  # the next char after an "a" needs up to 6 chars of context
+LONG = "the quick brown fox jumps over the lazy dog. abcdefgh " * 4  # ~220 chars, several contexts
+CTX = 32
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer("char", [PERIODIC + LONG])
+
+
+def make_model(tok, seed=0):
+    torch.manual_seed(seed)
+    config = LlmkitGPTConfig(vocab_size=len(tok), n_positions=CTX, n_embd=32, n_layer=2, n_head=2)
+    return LlmkitGPTForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tok):
+    model = make_model(tok)
+    ids = torch.tensor(tok(PERIODIC, add_special_tokens=False)["input_ids"])
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(100):
+        starts = torch.randint(0, len(ids) - CTX - 1, (8,), generator=g)
+        x = torch.stack([ids[s : s + CTX] for s in starts])
+        model(x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def stream(tok, text):
+    return [tok.eos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_perplexity_equals_a_direct_computation_on_a_short_text(tok):
+    model = make_model(tok, seed=1)
+    text = "abcdefgh abc"
+    result = evaluate_model(model, tok, [text])
+    ids = torch.tensor([stream(tok, text)])
+    with torch.no_grad():
+        loss = float(model(ids, labels=ids).loss)
+    assert result["tokens"] == len(text)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
+
+
+def test_stride_equal_to_the_context_is_the_non_overlapping_computation(tok):
+    model = make_model(tok, seed=2)
+    ids = torch.tensor(stream(tok, LONG))
+    assert len(ids) > 4 * CTX
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, CTX):
+            block = ids[start : start + CTX + 1]
+            logits = model(block[:-1].unsqueeze(0)).logits[0]
+            total += float(F.cross_entropy(logits, block[1:], reduction="sum"))
+            count += len(block) - 1
+    result = evaluate_model(model, tok, [LONG], stride=CTX)
+    assert result["tokens"] == count == len(LONG)
+    assert result["loss"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_bits_per_char_of_a_char_model_equal_bits_per_token(tok):
+    model = make_model(tok, seed=3)
+    result = evaluate_model(model, tok, [LONG, "abc abc", "fox"])
+    assert result["bits_per_token"] == pytest.approx(result["loss"] / math.log(2))
+    assert result["bits_per_char"] == pytest.approx(result["bits_per_token"], rel=1e-9)
+    assert result["bits_per_byte"] == pytest.approx(result["bits_per_token"], rel=1e-9)  # ASCII
+
+
+def test_smaller_stride_gives_lower_or_equal_loss_for_a_trained_model(trained, tok):
+    text = PERIODIC[:200]
+    full, sliding = (evaluate_model(trained, tok, [text], stride=s)["loss"] for s in (CTX, 4))
+    # stride == context restarts from no context at every block; stride 4 keeps >= 28 tokens of context
+    assert sliding < full
+
+
+@pytest.mark.parametrize("stride", [0, -1, CTX + 1])
+def test_invalid_stride_raises_a_clear_error(tok, stride):
+    model = make_model(tok)
+    with pytest.raises(ValueError, match=r"stride must be in \[1, 32\]"):
+        evaluate_model(model, tok, [LONG], stride=stride)
+
+
+def test_cli_evaluate_compares_two_models_and_writes_json(tok, trained, tmp_path, capsys):
+    dirs = []
+    for name, model in [("untrained", make_model(tok, seed=4)), ("trained", trained)]:
+        path = tmp_path / name
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        dirs.append(str(path))
+    data = tmp_path / "data.txt"
+    data.write_text(PERIODIC[:150])
+    out_json = tmp_path / "results.json"
+    code = main(["evaluate", *dirs, "--data", str(data), "--output", str(out_json), "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["model", "loss", "perplexity"]
+    assert any(line.startswith(dirs[0]) for line in lines) and any(line.startswith(dirs[1]) for line in lines)
+    results = json.loads(out_json.read_text())
+    assert [r["model"] for r in results] == dirs
+    assert results[1]["loss"] < results[0]["loss"]  # the trained model knows the periodic text
+    for r in results:
+        assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))

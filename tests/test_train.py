@@ -1,0 +1,301 @@
+"""`llmkit train` end to end on tiny models: loss goes down, the run folder is complete and reloads, a killed
+run resumes to the same numbers as an uninterrupted one, data parallelism on CPU, and the weight-decay rule."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import llmkit
+from llmkit.config import load_config
+from llmkit.train import LlmkitTrainer, last_complete_checkpoint, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CORPUS_CHARS = 150_000
+
+# A model small enough that a few dozen steps take well under a second on a laptop CPU.
+TINY = [
+    "tokenizer.kind=char",
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.n_positions=32",
+    "training.per_device_train_batch_size=16",
+    "training.per_device_eval_batch_size=64",
+    "training.learning_rate=3e-3",
+    "training.warmup_steps=5",
+    "training.logging_steps=5",
+    "training.report_to=none",
+    "training.disable_tqdm=true",
+    "training.seed=7",
+    "data.packing=blocks",
+    "sample.max_new_tokens=8",
+    "sample.prompts=[ROMEO]",
+]
+
+
+def env() -> dict:
+    """Subprocess environment: CPU only, offline, and this checkout's llmkit first on the path."""
+    e = dict(os.environ)
+    e.update(CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH")]))
+    return e
+
+
+def llmkit_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmkit.cli", *map(str, args)]
+
+
+def read_json(path: pathlib.Path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus(shakespeare_path, tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
+    path.write_text(shakespeare_path.read_text()[:CORPUS_CHARS])
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(corpus, tmp_path_factory):
+    """One real 40-step run, trained in-process: (run folder, returned metrics, config)."""
+    root = tmp_path_factory.mktemp("trained")
+    out = root / "run"
+    cfg = load_config(
+        None,
+        [*TINY, f"data.source={corpus}", f"data.cache_dir={root / 'cache'}", "training.max_steps=40",
+         "training.eval_steps=10"],
+    )
+    metrics = train(cfg, output_dir=str(out), log=lambda *a: None)
+    return out, metrics, cfg
+
+
+def test_short_training_lowers_validation_loss_and_writes_a_complete_run_folder(trained_run):
+    out, returned, _ = trained_run
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "config.yaml", "metrics.json", "log_history.json", "loss_curve.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    metrics = read_json(out / "metrics.json")
+    for key in ("train_loss", "eval_loss", "eval_perplexity", "eval_bits_per_char", "train_tokens_per_second"):
+        assert isinstance(metrics[key], (int, float)) and math.isfinite(metrics[key]), key
+        assert metrics[key] > 0, key
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-9)
+    # char-level: about one token per character, so bits per char is close to the loss in bits
+    assert metrics["eval_bits_per_char"] == pytest.approx(metrics["eval_loss"] / math.log(2), rel=0.01)
+    assert metrics["global_step"] == 40
+    assert metrics["eval_loss"] == pytest.approx(returned["eval_loss"])
+
+    history = read_json(out / "log_history.json")
+    evals = [h for h in history if "eval_loss" in h]
+    # one evaluation every 10 steps, then the final evaluation (of the best checkpoint) that metrics.json reports
+    assert [h["step"] for h in evals][:4] == [10, 20, 30, 40]
+    assert evals[-1]["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert evals[0]["eval_loss"] > metrics["eval_loss"]
+    assert metrics["eval_loss"] == pytest.approx(min(h["eval_loss"] for h in evals))
+    assert metrics["eval_loss"] < math.log(65) - 0.3  # clearly better than guessing among the ~65 characters
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    assert train_losses[0] > train_losses[-1]
+    assert metrics["train_loss"] == pytest.approx(train_losses[-1])
+
+    saved = load_config(out / "config.yaml")  # the resolved config, loadable as a config again
+    assert (saved.model.n_layer, saved.model.n_embd, saved.tokenizer.kind) == (1, 32, "char")
+    assert saved.training["max_steps"] == 40
+    assert read_json(out / "config.json")["n_embd"] == 32
+
+
+def test_saved_model_reproduces_the_reported_validation_loss(trained_run):
+    """The weights in the folder are the ones whose eval_loss metrics.json reports (the best checkpoint)."""
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.data import BlockCollator, prepare_data
+
+    out, _, cfg = trained_run
+    data = prepare_data(cfg, log=lambda *a: None)
+    assert data.cache_hit
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    batch = BlockCollator()([data.eval_dataset(cfg.block_size)[i] for i in range(len(data.eval_dataset(cfg.block_size)))])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["shift_labels"].flatten()).item()
+    assert loss == pytest.approx(read_json(out / "metrics.json")["eval_loss"], rel=1e-4)
+
+
+def test_saved_folder_reloads_with_auto_classes_and_generates(trained_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _, _ = trained_run
+    assert llmkit.LlmkitGPTForCausalLM  # importing llmkit registers the architecture
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert isinstance(model, llmkit.LlmkitGPTForCausalLM)
+    ids = tokenizer("ROMEO:", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids[0]) == "ROMEO:"
+    with torch.no_grad():
+        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+    assert gen.shape == (1, ids.shape[1] + 16) or int(gen[0, -1]) == tokenizer.eos_token_id
+    assert torch.equal(gen[0, : ids.shape[1]], ids[0])
+    text = tokenizer.decode(gen[0], skip_special_tokens=True)
+    assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+
+
+def _steps(history: list[dict], key: str, after: int) -> dict[int, float]:
+    return {h["step"]: h[key] for h in history if key in h and h["step"] > after}
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus, tmp_path):
+    common = [
+        *TINY, "model.n_layer=2", "training.per_device_train_batch_size=8", f"data.source={corpus}",
+        f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=60", "training.eval_steps=10",
+        "training.save_steps=10", "training.save_total_limit=3",
+    ]
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+
+    # The uninterrupted reference run (it also fills the data cache, so both runs read the same tokens).
+    ref = subprocess.run(llmkit_cmd("train", *common, "--output-dir", straight), cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    proc = subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", killed), cwd=tmp_path, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            done = [p for p in killed.glob("checkpoint-*/trainer_state.json")
+                    if int(p.parent.name.split("-")[1]) >= 20 and _is_json(p)]
+            if done:
+                break
+            assert proc.poll() is None, "training ended before a checkpoint at step >= 20 appeared"
+            assert time.monotonic() < deadline, "no checkpoint at step >= 20 within 300 s"
+            time.sleep(0.01)
+        assert proc.poll() is None, "training finished before it could be killed; make the run longer"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists() and not (killed / "model.safetensors").exists()
+    checkpoint = last_complete_checkpoint(killed)
+    assert checkpoint is not None
+    resumed_at = int(checkpoint.name.split("-")[1])
+    assert 20 <= resumed_at < 60
+
+    res = subprocess.run(llmkit_cmd("train", *common, "--output-dir", killed, "--resume"), cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    m_res, m_ref = read_json(killed / "metrics.json"), read_json(straight / "metrics.json")
+    assert m_res["global_step"] == m_ref["global_step"] == 60
+    assert m_res["eval_loss"] == pytest.approx(m_ref["eval_loss"], rel=1e-5)
+    h_res, h_ref = read_json(killed / "log_history.json"), read_json(straight / "log_history.json")
+    losses_res, losses_ref = _steps(h_res, "loss", resumed_at), _steps(h_ref, "loss", resumed_at)
+    assert sorted(losses_ref) == list(range(resumed_at + 5, 61, 5))
+    assert losses_res.keys() == losses_ref.keys()
+    for step in losses_ref:
+        assert losses_res[step] == pytest.approx(losses_ref[step], rel=1e-5), step
+    assert _steps(h_res, "eval_loss", resumed_at) == pytest.approx(_steps(h_ref, "eval_loss", resumed_at), rel=1e-5)
+    assert _steps(h_res, "learning_rate", resumed_at) == pytest.approx(_steps(h_ref, "learning_rate", resumed_at))
+
+
+def _is_json(path: pathlib.Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(corpus, tmp_path_factory):
+    """Two CPU processes, data-parallel over gloo.
+
+    `accelerate launch --cpu --num_processes 2` starts a single process unless it is given an MPI hostfile
+    (accelerate's simple launcher), so the two processes come from the torchrun-based launcher, told to use
+    the CPU with ACCELERATE_USE_CPU (transformers then sets up DistributedType.MULTI_CPU with gloo)."""
+    root = tmp_path_factory.mktemp("ddp")
+    e = env()
+    e.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        "-m", "llmkit.cli", "train", *TINY, f"data.source={corpus}", f"data.cache_dir={root / 'cache'}",
+        "training.max_steps=20", "training.eval_steps=10", "training.per_device_train_batch_size=8",
+        "--output-dir", root / "run",
+    ]
+    proc = subprocess.run(list(map(str, cmd)), cwd=root, env=e, capture_output=True, text=True, timeout=600)
+    return root / "run", proc
+
+
+def test_two_process_cpu_data_parallel_run_writes_one_model(ddp_run):
+    out, proc = ddp_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+    assert [p.relative_to(out) for p in out.glob("*.safetensors")] == [pathlib.Path("model.safetensors")]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["global_step"] == 20
+    # 2 processes x 8 blocks x 32 tokens per step: the world size really was 2
+    assert metrics["train_tokens"] == 20 * 8 * 2 * 32
+    assert math.isfinite(metrics["eval_loss"])
+    history = read_json(out / "log_history.json")
+    assert sum(1 for h in history if "eval_loss" in h) == 2
+    # the main process alone writes the run and reports
+    assert (proc.stdout + proc.stderr).count("writing to ") == 1
+    assert proc.stdout.count("done: ") == 1
+
+
+def test_two_process_run_prepares_the_data_once(ddp_run):
+    """train() says: one process tokenizes (main_process_first), the others then hit the cache."""
+    _, proc = ddp_run
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    output = proc.stdout + proc.stderr
+    assert output.count("training a char tokenizer") == 1, "both processes trained the tokenizer"
+    assert output.count("vocabulary ") == 1, "both processes printed the data summary"
+
+
+@pytest.mark.parametrize("extra", [dict(norm_type="rmsnorm"), dict(norm_type="rmsnorm", bias=False, mlp_type="swiglu"),
+                                   dict()])
+def test_weight_decay_skips_every_1d_parameter(tmp_path, extra):
+    from transformers import TrainingArguments
+
+    model = llmkit.build_model("llmkit-gpt", vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2, **extra)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, weight_decay=0.1)
+    trainer = LlmkitTrainer(model=model, args=args)
+    decay = set(trainer.get_decay_parameter_names(model))
+    params = dict(model.named_parameters())
+
+    norm_params = {f"{mod_name}.{n}" for mod_name, mod in model.named_modules() if "Norm" in type(mod).__name__
+                   for n, _ in mod.named_parameters(recurse=False)}
+    if extra.get("norm_type") == "rmsnorm":
+        assert any(type(m).__name__ == "RMSNorm" for m in model.modules())
+    assert norm_params and not norm_params & decay
+    assert not {n for n in params if n.endswith(".bias")} & decay
+    assert decay == {n for n, p in params.items() if p.dim() >= 2}
+    assert {n for n, p in params.items() if p.dim() == 1}.isdisjoint(decay)
+    assert "transformer.wte.weight" in decay and "transformer.h.0.attn.c_attn.weight" in decay
+
+    # and the optimizer really uses it: weight decay on exactly the matrices
+    optimizer = trainer.create_optimizer()
+    by_id = {id(p): n for n, p in params.items()}
+    for group in optimizer.param_groups:
+        names = {by_id[id(p)] for p in group["params"]}
+        assert names == (decay if group["weight_decay"] > 0 else set(params) - decay)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
