@@ -47,7 +47,7 @@ class Perplexity(evaluate.Metric):
     def _compute(self, predictions, model, tokenizer, stride=None, context=None, batch_size=8, max_tokens=None):
         config = model.config
         context = int(context or getattr(config, "n_positions", None) or config.max_position_embeddings)
-        stride = int(stride or max(1, context // 2))
+        stride = int(stride) if stride is not None else max(1, context // 2)
         if not 0 < stride <= context:
             raise ValueError(f"stride must be in [1, {context}] (the context), got {stride}")
         eos = tokenizer.eos_token_id
