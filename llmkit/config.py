@@ -249,7 +249,9 @@ def _check_training(value: Any) -> dict:
         try:
             checked[key] = _coerce(v, hint, f"training.{key}")
         except (ConfigError, TypeError):
-            if _loosely_ok(v, hint):
+            if v is False and _loosely_ok("no", hint):  # YAML reads a bare `no` as False
+                checked[key] = "no"
+            elif _loosely_ok(v, hint):
                 checked[key] = v
             else:
                 raise

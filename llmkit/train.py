@@ -143,6 +143,7 @@ class FeedbackCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.last_time, self.last_step = time.perf_counter(), state.global_step
+        self.first_step = state.global_step
 
     def on_step_end(self, args, state, control, **kw):
         now = time.perf_counter()
@@ -179,7 +180,8 @@ class FeedbackCallback(TrainerCallback):
                 f.write(json.dumps({"step": step, "prompt": prompt, "text": text}) + "\n")
 
     def throughput(self, state, tokens_per_step: int) -> float:
-        return state.global_step * tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
+        steps = state.global_step - self.first_step  # this process's steps only (a resumed run started later)
+        return steps * tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
 def sample_kwargs(cfg: Config) -> dict:
@@ -264,8 +266,9 @@ def last_complete_checkpoint(output_dir: pathlib.Path) -> pathlib.Path | None:
 def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, log=print) -> dict:
     """Prepare data, build tokenizer and model, train, and write the run folder. Returns the final metrics."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    state = PartialState(cpu=bool(cfg.training.get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU"))
     if cfg.model.from_pretrained is None:
         _model_options(cfg)  # bad model settings fail before any data work
     with state.main_process_first():  # one process tokenizes; the others then hit the cache
@@ -274,6 +277,9 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         log(data_summary(data, cfg.block_size))
     tokenizer = data.tokenizer
     tokenizer.model_max_length = cfg.model.n_positions
+    from transformers import set_seed
+
+    set_seed(cfg.training.get("seed", cfg.data.seed))  # the starting weights follow the run's seed
     model = build_model_for(cfg, tokenizer)
 
     train_ds = data.train_dataset(cfg.block_size, cfg.data.packing, cfg.data.seed)
