@@ -14,6 +14,17 @@ SHAKESPEARE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / 
 SEEDS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def subprocess_env() -> dict:
+    """Environment for llmkit subprocesses: CPU only, offline, and this checkout's llmkit first on the path."""
+    env = dict(os.environ)
+    env.update(CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 @pytest.fixture(scope="session")
 def shakespeare_path() -> pathlib.Path:
     if not SHAKESPEARE.exists():

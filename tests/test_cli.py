@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import re
 import shutil
@@ -12,8 +11,8 @@ import sys
 
 import pytest
 import yaml
+from conftest import subprocess_env
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS_CHARS = 120_000
 
 TINY = [
@@ -32,16 +31,10 @@ TINY = [
 ]
 
 
-def env() -> dict:
-    """CPU only, offline, and this checkout's llmkit first on the path."""
-    e = dict(os.environ)
-    e.update(CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
-    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH")]))
-    return e
 
 
 def llmkit(*args, cwd: pathlib.Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], cwd=cwd, env=env(),
+    return subprocess.run([sys.executable, "-m", "llmkit.cli", *map(str, args)], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -113,7 +106,7 @@ def error_runs(corpus, tmp_path_factory):
             overrides += args
             args = []
         cmd = [sys.executable, "-m", "llmkit.cli", "train", *args, *overrides, "--output-dir", str(work / "run")]
-        procs[case] = (subprocess.Popen(cmd, cwd=work, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs[case] = (subprocess.Popen(cmd, cwd=work, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True), work)
     results = {}
     for case, (proc, work) in procs.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import re
 import signal
@@ -16,12 +15,12 @@ import time
 
 import pytest
 import torch
+from conftest import subprocess_env
 
 import llmkit
 from llmkit.config import load_config
 from llmkit.train import LlmkitTrainer, last_complete_checkpoint, train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 CORPUS_CHARS = 150_000
 
 # A model small enough that a few dozen steps take well under a second on a laptop CPU.
@@ -45,26 +44,12 @@ TINY = [
 ]
 
 
-def env() -> dict:
-    """Subprocess environment: CPU only, offline, and this checkout's llmkit first on the path."""
-    e = dict(os.environ)
-    e.update(CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false")
-    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH")]))
-    return e
 
 
 def llmkit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmkit.cli", *map(str, args)]
 
 
-# `llmkit train` with the process's torch RNG pinned before llmkit runs. llmkit builds the model before anything
-# seeds the RNG (see test_same_config_and_seed_give_the_same_run), so two runs only start from the same weights
-# when the process pins it; the resume test needs that to compare a resumed run with an uninterrupted one.
-PINNED_RNG = "import sys, torch; torch.manual_seed(0); from llmkit.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def pinned_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", PINNED_RNG, *map(str, args)]
 
 
 def read_json(path: pathlib.Path):
@@ -181,9 +166,9 @@ def resumed_run(corpus, tmp_path_factory) -> dict:
 
     # The uninterrupted reference run goes on beside the run that gets killed (both fill one data cache).
     ref_log = (root / "straight.log").open("w")
-    ref = subprocess.Popen(pinned_cmd("train", *common, "--output-dir", straight), cwd=root, env=env(),
+    ref = subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", straight), cwd=root, env=subprocess_env(),
                            stdout=subprocess.DEVNULL, stderr=ref_log)
-    proc = subprocess.Popen(pinned_cmd("train", *common, "--output-dir", killed), cwd=root, env=env(),
+    proc = subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", killed), cwd=root, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     try:
@@ -211,7 +196,7 @@ def resumed_run(corpus, tmp_path_factory) -> dict:
     resumed_at = int(checkpoint.name.split("-")[1])
     assert 20 <= resumed_at < 60
 
-    res = subprocess.run(pinned_cmd("train", *common, "--output-dir", killed, "--resume"), cwd=root, env=env(),
+    res = subprocess.run(llmkit_cmd("train", *common, "--output-dir", killed, "--resume"), cwd=root, env=subprocess_env(),
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return dict(killed=killed, straight=straight, resumed_at=resumed_at, resume_stderr=res.stderr,
@@ -248,7 +233,7 @@ def test_same_config_and_seed_give_the_same_run(corpus, tmp_path):
     common = [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=2",
               "training.logging_steps=1", "training.eval_steps=2"]
     # both runs at once (sharing one data cache, as two users of one machine would)
-    procs = [subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", tmp_path / name), cwd=tmp_path, env=env(),
+    procs = [subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", tmp_path / name), cwd=tmp_path, env=subprocess_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
     for proc in procs:
         _, stderr = proc.communicate(timeout=600)
@@ -280,7 +265,7 @@ def ddp_run(corpus, tmp_path_factory):
     (accelerate's simple launcher), so the two processes come from the torchrun-based launcher, told to use
     the CPU with ACCELERATE_USE_CPU (transformers then sets up DistributedType.MULTI_CPU with gloo)."""
     root = tmp_path_factory.mktemp("ddp")
-    e = env()
+    e = subprocess_env()
     e.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
