@@ -4,7 +4,7 @@ Shape: nanoGPT's CPU model (vocab 65, 4 layers, 4 heads, 128 wide) with a 1024-t
 generates 512 new tokens greedily from a 1-token prompt. Prints ms per run and tokens/s, the ratios of the
 cached llmkit-gpt to GPT2LMHeadModel and to the recompute loop, and writes benchmarks/results/generation.json.
 
-    python benchmarks/generation.py [--iters 3] [--new-tokens 512]
+    python benchmarks/generation.py [--iters 5] [--new-tokens 512]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SHAPE = dict(vocab_size=65, n_positions=1024, n_layer=4, n_head=4, n_embd=128)
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--iters", type=int, default=5, help="interleaved rounds (the best of each is kept)")
     parser.add_argument("--new-tokens", type=int, default=512)
     args = parser.parse_args()
     n = args.new_tokens

@@ -1,15 +1,19 @@
-"""Quality bar: configs/shakespeare-char-cpu.yaml on tinyshakespeare, against nanoGPT's plain loop, in one run.
+"""Quality bar: configs/shakespeare-char-cpu.yaml on tinyshakespeare, against nanoGPT's own loop, in one run.
 
-Runs `llmkit train` (Trainer, evaluation, checkpoints and all) for the recipe's 2000 steps and reports wall time,
-training tokens/s and the final validation loss; then times nanoGPT's plain PyTorch loop (same shape, batch,
-AdamW) for `--baseline-steps` steps to give the throughput ratio on this machine, now.
+Both runs use the same prepared tokens (llmkit's char tokenizer, the last 10% of the play as validation) and
+are scored by the same evaluator (mean next-token loss over the whole validation split, in blocks of 64), so
+the two validation losses compare directly; nanoGPT's printed figure (1.886 on this machine) is an estimate
+from 20 random batches. The reference is nanoGPT's train.py loop for the recipe (random windows, AdamW with
+decay on matrices only, warmup + cosine to 1e-4, clipping at 1.0, bias=False, plain non-fused AdamW as
+nanoGPT uses on CPU). llmkit's run is `llmkit train` itself: Trainer, evaluation, checkpoints and all.
 
-    python benchmarks/shakespeare_cpu.py [--steps 2000] [--baseline-steps 300]
+    python benchmarks/shakespeare_cpu.py [--steps 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import shutil
 import tempfile
@@ -18,40 +22,65 @@ import time
 import numpy as np
 import torch
 from _common import SHAKESPEARE, NanoGPT, report
+from torch.nn import functional as F
 
 from llmkit.config import load_config
+from llmkit.data import prepare_data
 from llmkit.train import train
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shakespeare-char-cpu.yaml"
+T, B = 64, 12
 
 
-def nanogpt_tokens_per_s(steps: int) -> float:
-    text = SHAKESPEARE.read_text()
-    chars = sorted(set(text))
-    data = np.array([chars.index(c) for c in text[: len(text) * 9 // 10]], dtype=np.int64)
+@torch.no_grad()
+def val_loss(model, val: np.ndarray) -> float:
+    """Mean loss over every validation token, blocks of T inputs with their T next tokens (as the Trainer)."""
+    model.eval()
+    n = (len(val) - 1) // T
+    blocks = torch.from_numpy(np.stack([val[i * T : i * T + T + 1] for i in range(n)]).astype(np.int64))
+    total = 0.0
+    for chunk in blocks.split(64):
+        logits, _ = model(chunk[:, :-1])
+        total += F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
+    model.train()
+    return total / (n * T)
+
+
+def nanogpt_recipe(train_tokens: np.ndarray, val: np.ndarray, vocab: int, steps: int) -> dict:
+    """nanoGPT train.py with the CPU recipe's settings; returns tokens/s over the training steps and val loss."""
     torch.manual_seed(1337)
-    model = NanoGPT(len(chars), 64, 4, 4, 128)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=True)
-    data_t = torch.from_numpy(data)
-    start = None
-    for step in range(steps + 10):
-        if step == 10:
-            start = time.perf_counter()
-        ix = torch.randint(len(data_t) - 64, (12,))
-        x = torch.stack([data_t[i : i + 64] for i in ix])
-        y = torch.stack([data_t[i + 1 : i + 65] for i in ix])
+    model = NanoGPT(vocab, T, 4, 4, 128, bias=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))
+    data = torch.from_numpy(train_tokens.astype(np.int64))
+
+    def lr_at(it: int) -> float:  # nanoGPT's get_lr: linear warmup, cosine down to min_lr at lr_decay_iters
+        if it < 100:
+            return 1e-3 * (it + 1) / 101
+        coeff = 0.5 * (1.0 + math.cos(math.pi * (it - 100) / (steps - 100)))
+        return 1e-4 + coeff * (1e-3 - 1e-4)
+
+    start = time.perf_counter()
+    for it in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        ix = torch.randint(len(data) - T, (B,))
+        x = torch.stack([data[i : i + T] for i in ix])
+        y = torch.stack([data[i + 1 : i + 1 + T] for i in ix])
         _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    return steps * 12 * 64 / (time.perf_counter() - start)
+        opt.zero_grad(set_to_none=True)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "train_tokens_per_s": steps * B * T / wall, "val_loss": val_loss(model, val)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--baseline-steps", type=int, default=300)
     args = parser.parse_args()
     if not SHAKESPEARE.exists():
         raise SystemExit(f"{SHAKESPEARE} not found: this benchmark needs ../shared beside the checkout")
@@ -60,20 +89,24 @@ def main():
         f"data.source={SHAKESPEARE}", f"data.cache_dir={out / 'cache'}", f"training.max_steps={args.steps}",
         "training.report_to=none", "training.disable_tqdm=true", "sample.max_new_tokens=0",
     ])
+    data = prepare_data(cfg, log=lambda *a: None)
+    reference = nanogpt_recipe(np.asarray(data.train), np.asarray(data.val), len(data.tokenizer), args.steps)
+
     start = time.perf_counter()
     metrics = train(cfg, output_dir=str(out / "run"), log=lambda *a: None)
     wall = time.perf_counter() - start
-    baseline = nanogpt_tokens_per_s(args.baseline_steps)
     shutil.rmtree(out, ignore_errors=True)
     rows = [
+        {"run": "nanoGPT train.py loop (reference)", "steps": args.steps, "wall_s": reference["wall_s"],
+         "train_tokens_per_s": reference["train_tokens_per_s"], "val_loss": reference["val_loss"]},
         {"run": "llmkit train shakespeare-char-cpu", "steps": metrics["global_step"], "wall_s": wall,
          "train_tokens_per_s": metrics["train_tokens_per_second"], "val_loss": metrics["eval_loss"]},
-        {"run": "nanoGPT plain loop (throughput only)", "steps": args.baseline_steps, "wall_s": float("nan"),
-         "train_tokens_per_s": baseline, "val_loss": float("nan")},
     ]
-    ratio = metrics["train_tokens_per_second"] / baseline
-    print(f"llmkit / nanoGPT throughput: {ratio:.2f}x; target val loss <= 1.89 (nanoGPT: 1.886 at step 2000)")
-    report("shakespeare_cpu", rows, {"throughput_ratio": ratio, "nanogpt_reference_val_loss": 1.886})
+    ratio = metrics["train_tokens_per_second"] / reference["train_tokens_per_s"]
+    print(f"throughput llmkit / nanoGPT: {ratio:.2f}x (wall_s: llmkit includes data loading, 4 evaluations "
+          f"and checkpoints; nanoGPT's covers its training loop only)")
+    print(f"val loss: llmkit {metrics['eval_loss']:.4f}, nanoGPT {reference['val_loss']:.4f}, bar <= 1.89")
+    report("shakespeare_cpu", rows, {"throughput_ratio": ratio, "bar_val_loss": 1.89})
 
 
 if __name__ == "__main__":

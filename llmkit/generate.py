@@ -15,6 +15,7 @@ Design choices:
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterable
 
@@ -60,25 +61,36 @@ def encode_prompt(tokenizer, prompt: str, context: int) -> list[int]:
 
 def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationConfig, *,
                  tokenizer=None, streamer=None, stop: list[str] | None = None) -> torch.Tensor:
-    """`model.generate`, continued past the context with a sliding window. Returns only the new tokens."""
+    """`model.generate`, continued past the context with a sliding window. Returns only the new tokens
+    (rows that ended early are padded with `pad_token_id`)."""
     context = context_length(model)
     wanted = generation_config.max_new_tokens
     extra = dict(tokenizer=tokenizer, stop_strings=stop) if stop else {}
-    first = min(wanted, context - input_ids.shape[1])
-    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=generation_config,
-                         max_new_tokens=first, streamer=streamer, **extra)
+    first = copy.deepcopy(generation_config)
+    first.max_new_tokens = min(wanted, context - input_ids.shape[1])
+    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=first,
+                         streamer=streamer, **extra)
     new = out[:, input_ids.shape[1]:]
-    eos = generation_config.eos_token_id
+    eos, pad = generation_config.eos_token_id, generation_config.pad_token_id
+    one = copy.deepcopy(generation_config)
+    one.max_new_tokens, one.num_return_sequences = 1, 1
     while new.shape[1] < wanted and not _finished(new, eos, stop, tokenizer):
         window = torch.cat([input_ids.expand(new.shape[0], -1), new], dim=1)[:, -(context - 1):]
-        step = model.generate(window, attention_mask=torch.ones_like(window), generation_config=generation_config,
-                              max_new_tokens=1, num_return_sequences=1, streamer=streamer, **extra)
-        new = torch.cat([new, step[:, -1:]], dim=1)
+        step = model.generate(window, attention_mask=torch.ones_like(window), generation_config=one,
+                              streamer=streamer, **extra)[:, -1:]
+        if eos is not None and pad is not None:  # a row that has ended stays ended, as inside generate()
+            step = step.masked_fill(_ended(new, eos).unsqueeze(1), pad)
+        new = torch.cat([new, step], dim=1)
     return new
 
 
+def _ended(new: torch.Tensor, eos: int | list[int]) -> torch.Tensor:
+    """(B,) True where a row holds an end-of-sequence token."""
+    return torch.isin(new, torch.tensor(eos if isinstance(eos, list) else [eos], device=new.device)).any(dim=1)
+
+
 def _finished(new, eos, stop, tokenizer) -> bool:
-    if eos is not None and bool((new == eos).any(dim=1).all()):
+    if eos is not None and bool(_ended(new, eos).all()):
         return True
     if stop and tokenizer is not None:
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)

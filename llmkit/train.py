@@ -329,7 +329,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         tokens_per_char=val_tokens / val_chars if val_chars else None,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
-    final_eval = trainer.evaluate() if eval_ds is not None else {}
+    final_eval = _final_eval(trainer) if eval_ds is not None else {}
 
     metrics = {
         "train_loss": _last_train_loss(trainer.state.log_history, result.training_loss),
@@ -352,6 +352,21 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         log(f"model, tokenizer, metrics and loss curve saved in {out}")
     state.wait_for_everyone()
     return metrics
+
+
+def _final_eval(trainer: Trainer) -> dict:
+    """Validation metrics of the model the run ends with: reused from the log when that model (the best
+    checkpoint reloaded, or the last step's) was already evaluated, so the end of a run does not evaluate,
+    print and sample twice."""
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        match = CHECKPOINT_RE.match(pathlib.Path(state.best_model_checkpoint).name)
+        step = int(match.group(1)) if match else -1
+    for entry in reversed(state.log_history):
+        if "eval_loss" in entry and entry.get("step") == step:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def _last_train_loss(history: list[dict], fallback: float) -> float:

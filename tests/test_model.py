@@ -237,3 +237,26 @@ def test_gpt2_arch_refuses_llmkit_only_options():
     with pytest.raises(ValueError, match="must be divisible by n_head"):
         build_model("gpt2", vocab_size=10, n_embd=30, n_head=4)
     assert llmkit.build_config("gpt2", **SMALL).activation_function == "gelu_new"
+
+
+def test_text_generation_pipeline_runs_our_model_from_objects_and_from_a_folder(tmp_path):
+    from transformers import pipeline
+
+    from llmkit.tokenizers import train_tokenizer
+
+    tok = train_tokenizer("char", ["the quick brown fox jumps over the lazy dog. " * 8])
+    torch.manual_seed(0)
+    model = LlmkitGPTForCausalLM(
+        LlmkitGPTConfig(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    ).eval()
+    ids = tok("the quick", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    expected = tok.decode(model.generate(ids, max_new_tokens=6, do_sample=False)[0])
+
+    from_objects = pipeline("text-generation", model=model, tokenizer=tok)
+    out = from_objects("the quick", max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    assert out == expected and len(out) == len("the quick") + 6
+
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    from_folder = pipeline("text-generation", model=str(tmp_path))  # Auto classes resolve llmkit-gpt
+    assert from_folder("the quick", max_new_tokens=6, do_sample=False)[0]["generated_text"] == expected
