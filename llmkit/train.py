@@ -119,6 +119,13 @@ class LlmkitTrainer(Trainer):
         # nanoGPT's rule: matrices (and embeddings) decay; biases and every norm's weights do not.
         return [name for name, p in model.named_parameters() if p.dim() >= 2]
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        # Tied output heads are not saved, so reloading the best checkpoint reports them missing (a false alarm
+        # in transformers 5.x's Trainer); only a missing key that is not tied is worth a warning.
+        tied = getattr(self.model, "all_tied_weights_keys", None) or {}
+        missing = [k for k in load_result.missing_keys if k not in tied]
+        super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
+
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "eval_loss" in logs:
             logs.update(perplexity_metrics(logs["eval_loss"], self.tokens_per_char, prefix="eval_"))

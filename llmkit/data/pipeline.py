@@ -35,13 +35,13 @@ from datasets import Dataset, IterableDataset
 from ..config import Config, ConfigError
 from ..tokenizers import load_tokenizer, tokenizer_hash, train_tokenizer
 from .clean import clean_documents
-from .sources import DataError, Segment, in_validation, iter_documents, segments
+from .sources import DataError, Segment, cache_root, in_validation, iter_documents, segments
 
 CACHE_VERSION = 1
 
 
 def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("LLMKIT_CACHE", pathlib.Path.home() / ".cache" / "llmkit")) / "data"
+    return cache_root() / "data"
 
 
 @dataclass
