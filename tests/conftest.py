@@ -30,3 +30,17 @@ def shakespeare_path() -> pathlib.Path:
     if not SHAKESPEARE.exists():
         pytest.skip("../shared/data/tinyshakespeare.txt is not beside this checkout")
     return SHAKESPEARE
+
+
+@pytest.fixture(scope="session")
+def shakespeare_head(shakespeare_path, tmp_path_factory):
+    """`shakespeare_head(chars)`: a file holding the first `chars` characters of tinyshakespeare (one per size)."""
+    made: dict[int, pathlib.Path] = {}
+
+    def make(chars: int) -> pathlib.Path:
+        if chars not in made:
+            made[chars] = tmp_path_factory.mktemp("corpus") / f"shakespeare_head_{chars}.txt"
+            made[chars].write_text(shakespeare_path.read_text()[:chars])
+        return made[chars]
+
+    return make

@@ -48,10 +48,8 @@ def snapshot(folder: pathlib.Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def corpus(shakespeare_path, tmp_path_factory) -> pathlib.Path:
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare_head.txt"
-    path.write_text(shakespeare_path.read_text()[:CORPUS_CHARS])
-    return path
+def corpus(shakespeare_head) -> pathlib.Path:
+    return shakespeare_head(CORPUS_CHARS)
 
 
 @pytest.fixture(scope="module")
