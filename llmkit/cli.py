@@ -45,29 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: read stdin if piped, else empty)")
     src.add_argument("--prompt-file", help="read the prompt from a file")
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--num-samples", type=int, default=1, help="several samples in one batched pass")
+    p.add_argument("--num-samples", type=_positive_int, default=1, help="several samples in one batched pass")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
     p.add_argument("--interactive", "-i", action="store_true", help="keep the model loaded and read prompts")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if any)")
     p.add_argument("--json", action="store_true", help="print the samples as JSON")
 
     p = sub.add_parser("evaluate", help="loss, perplexity and bits per char/byte of models on a data source")
     p.add_argument("models", nargs="+", help="run folders or Hub ids (several print a comparison table)")
     p.add_argument("--data", required=True, help="data source: file, glob, folder, jsonl/csv/parquet, Hub id, builtin")
     p.add_argument("--text-field", default="text")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: half the context)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per model")
+    p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the context)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens per model")
     p.add_argument("--output", help="write the results as JSON here")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if any)")
     return parser
 
 
@@ -176,14 +176,37 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_models, format_table
 
-    results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
-                              batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device)
+    try:
+        results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
+                                  batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device)
+    except (ValueError, RuntimeError) as err:  # e.g. a stride longer than the context, an unknown device
+        raise _as_config_error(err) from None
     print(format_table(results))
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
 
 
 def _as_config_error(err: Exception):
@@ -197,7 +220,7 @@ def _load_or_fail(loader, name, **kwargs):
 
     try:
         return loader(name, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         raise ConfigError(
             f"cannot load model {name!r}: {str(err).strip().splitlines()[0]}; pass a run folder or a Hub id"
         ) from None

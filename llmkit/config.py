@@ -107,7 +107,11 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | pathlib.Path) -> None:
-        pathlib.Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        """Write the resolved config as YAML; secrets (`hub_token`, any `*_token` setting) are written redacted,
+        since the run folder is what gets shared and pushed."""
+        data = self.to_dict()
+        data["training"] = {k: "<redacted>" if k.endswith("_token") and v else v for k, v in data["training"].items()}
+        pathlib.Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
     @property
     def block_size(self) -> int:
@@ -115,7 +119,7 @@ class Config:
 
 
 # Keys llmkit reads from the training section besides TrainingArguments' own fields.
-LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int}
+LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None}  # true: the last
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:

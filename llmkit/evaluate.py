@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import evaluate
 
-from .data.sources import iter_documents
+from .data.sources import DataError, iter_documents
 from .generate import load_model
 from .metrics import PERPLEXITY_PATH
 
@@ -26,6 +26,8 @@ def evaluate_model(model, tokenizer, documents: list[str], *, stride=None, batch
 def evaluate_models(names: list[str], source: str, *, text_field="text", stride=None, batch_size=8,
                     max_tokens=None, device=None) -> list[dict]:
     documents = list(iter_documents(source, text_field=text_field))
+    if not any(doc.strip() for doc in documents):
+        raise DataError(f"--data {source}: there is no text to score; point it at a file or folder with text")
     results = []
     for name in names:
         from .cli import _load_or_fail

@@ -69,7 +69,7 @@ def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationCo
     first = copy.deepcopy(generation_config)
     first.max_new_tokens = min(wanted, context - input_ids.shape[1])
     out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=first,
-                         streamer=streamer, **extra)
+                         streamer=_HoldEnd(streamer) if streamer else None, **extra)
     new = out[:, input_ids.shape[1]:]
     eos, pad = generation_config.eos_token_id, generation_config.pad_token_id
     one = copy.deepcopy(generation_config)
@@ -77,11 +77,29 @@ def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationCo
     while new.shape[1] < wanted and not _finished(new, eos, stop, tokenizer):
         window = torch.cat([input_ids.expand(new.shape[0], -1), new], dim=1)[:, -(context - 1):]
         step = model.generate(window, attention_mask=torch.ones_like(window), generation_config=one,
-                              streamer=streamer, **extra)[:, -1:]
+                              **extra)[:, -1:]
         if eos is not None and pad is not None:  # a row that has ended stays ended, as inside generate()
             step = step.masked_fill(_ended(new, eos).unsqueeze(1), pad)
+        if streamer:
+            streamer.put(step.cpu())
         new = torch.cat([new, step], dim=1)
+    if streamer:
+        streamer.end()  # once, after the last window: the text streams as one piece
     return new
+
+
+class _HoldEnd:
+    """A streamer whose `end()` waits: the first `generate()` call must not close the stream (and print its
+    newline) when generation goes on past the context."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+
+    def put(self, value):
+        self.streamer.put(value)
+
+    def end(self):
+        pass
 
 
 def _ended(new: torch.Tensor, eos: int | list[int]) -> torch.Tensor:
@@ -101,7 +119,7 @@ def _finished(new, eos, stop, tokenizer) -> bool:
 def make_generation_config(model, tokenizer, *, max_new_tokens=100, do_sample=None, temperature=1.0, top_k=None,
                            top_p=None, repetition_penalty=None, num_samples=1) -> GenerationConfig:
     """Greedy when temperature is 0 or do_sample is False; sampling otherwise."""
-    if do_sample is None:
+    if do_sample is None or temperature == 0:  # temperature 0 means greedy, also with do_sample set
         do_sample = temperature is not None and temperature > 0
     if temperature is not None and temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {temperature}")
@@ -146,7 +164,9 @@ def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_to
             if seed is not None:
                 set_seed(seed)
             ids = torch.tensor([encode_prompt(tokenizer, prompt, context_length(unwrapped))], device=device)
-            streamer = TextStreamer(tokenizer, skip_prompt=True) if stream and num_samples == 1 else None
+            streamer = None
+            if stream and num_samples == 1:
+                streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             with torch.no_grad():
                 new = generate_ids(unwrapped, ids, gen, tokenizer=tokenizer, streamer=streamer, stop=stop)
             for row in new:

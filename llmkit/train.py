@@ -19,13 +19,16 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
+import random
 import re
 import sys
 import time
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, Trainer, TrainerCallback, TrainingArguments
 
@@ -179,7 +182,7 @@ class FeedbackCallback(TrainerCallback):
     def _samples(self, model, step: int) -> None:
         from .generate import generate_texts
 
-        with torch.random.fork_rng(devices=[]):
+        with training_rng_untouched():
             texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg))
         with self.samples_path.open("a") as f:
             for prompt, text in zip(self.cfg.sample.prompts, texts):
@@ -189,6 +192,19 @@ class FeedbackCallback(TrainerCallback):
     def throughput(self, state, tokens_per_step: int) -> float:
         steps = state.global_step - self.first_step  # this process's steps only (a resumed run started later)
         return steps * tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@contextlib.contextmanager
+def training_rng_untouched():
+    """Sampling seeds every generator (`set_seed`): put Python's, NumPy's, torch's and CUDA's states back after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def sample_kwargs(cfg: Config) -> dict:
@@ -207,7 +223,11 @@ def sample_kwargs(cfg: Config) -> dict:
 def build_model_for(cfg: Config, tokenizer) -> torch.nn.Module:
     m = cfg.model
     if m.from_pretrained:
-        model = AutoModelForCausalLM.from_pretrained(m.from_pretrained, trust_remote_code=m.trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(m.from_pretrained, trust_remote_code=m.trust_remote_code)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError(f"model.from_pretrained={m.from_pretrained}: cannot load a model ({first})") from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -278,6 +298,11 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     state = PartialState(cpu=bool(cfg.training.get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU"))
     if cfg.model.from_pretrained is None:
         _model_options(cfg)  # bad model settings fail before any data work
+    elif cfg.tokenizer.kind != "pretrained":  # a new vocabulary would give the pretrained ids other meanings
+        raise ConfigError(
+            f"model.from_pretrained={cfg.model.from_pretrained} needs its own tokenizer; set tokenizer.kind=pretrained "
+            f"tokenizer.name_or_path={cfg.model.from_pretrained}"
+        )
     with state.main_process_first():  # one process tokenizes; the others then hit the cache
         data = prepare_data(cfg, log=log if state.is_main_process else (lambda *a: None))
     if state.is_main_process:
@@ -302,7 +327,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         resume_from = str(checkpoint)
     elif resume_from:
         resume_from = str(resume_from)
-    elif last_complete_checkpoint(out) is not None or (out / "model.safetensors").exists():
+    elif any(CHECKPOINT_RE.match(p.name) for p in out.glob("checkpoint-*")) or (out / "model.safetensors").exists():
         raise ConfigError(
             f"{out} already holds a run; pass --resume to continue it or set training.output_dir to a new folder"
         )
@@ -349,8 +374,8 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         "best_checkpoint": trainer.state.best_model_checkpoint,
         **{k: v for k, v in final_eval.items() if k.startswith("eval_")},
     }
+    trainer.save_model(str(out))  # on every process: FSDP/ZeRO-3 gather the weights collectively; one writes
     if state.is_main_process:
-        trainer.save_model(str(out))
         tokenizer.save_pretrained(out)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")

@@ -90,6 +90,8 @@ ERROR_CASES = {
     "missing_data": (["data.source=nope/missing.txt"], "nope/missing.txt"),
     "missing_config_file": (["nope.yaml"], "nope.yaml does not exist"),
     "unknown_training_key": (["training.max_stepz=3"], "did you mean training.max_steps"),
+    "pretrained_model_new_tokenizer": (["model.from_pretrained=gpt2"], "tokenizer.kind=pretrained"),
+    "pretrained_tokenizer_without_path": (["tokenizer.kind=pretrained"], "needs tokenizer.name_or_path"),
 }
 
 

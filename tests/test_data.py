@@ -274,6 +274,13 @@ def test_corpus_shorter_than_one_block_says_how_many_tokens(tmp_path):
     assert "22 tokens" in message and "65" in message and "data.block_size" in message
 
 
+def test_malformed_jsonl_names_the_file(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "no closing brace"\n')
+    message = one_line_error(DataError, tmp_path, f"data.source={path}", "tokenizer.kind=char")
+    assert "broken.jsonl" in message and "cannot be read as json" in message
+
+
 def test_unknown_text_field_in_jsonl_names_the_columns(tmp_path):
     rows = tmp_path / "rows.jsonl"
     datasets.Dataset.from_dict({"body": ["first document " * 5, "second one " * 5], "id": [1, 2]}).to_json(rows)
@@ -326,6 +333,8 @@ def text_folder(tmp_path) -> pathlib.Path:
     (folder / "02.txt").write_text(DOCS[1])
     (folder / "sub" / "03.md").write_text(DOCS[2])
     (folder / ".notes.txt").write_text("hidden: never read\n")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "description.txt").write_text("inside a hidden folder: never read\n")
     (folder / "image.png").write_bytes(b"\x89PNG\x00\xff")
     return folder
 
@@ -342,7 +351,22 @@ def test_folder_of_text_files_separates_documents_with_eos(tmp_path, text_folder
     if kind == "word":
         assert pieces[0].startswith("first document: alpha beta gamma.") and pieces[2].endswith("theta.")
     else:
-        assert pieces == DOCS  # exact: sorted files, recursive, hidden and binary files skipped
+        assert pieces == DOCS  # exact: sorted files, recursive, hidden files and folders and binary files skipped
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "word"])
+def test_crlf_text_is_cut_into_segments_that_tokenize_like_the_whole(tmp_path, kind):
+    from llmkit.data.sources import segments
+
+    text = CORPUS.replace("\n", "\r\n")
+    pieces = list(segments(iter([text])))
+    assert len(pieces) > 10 and "".join(p.text for p in pieces) == text  # not one giant segment
+    path = tmp_path / "crlf.txt"
+    path.write_bytes(text.encode())
+    data = prepare(tmp_path, f"data.source={path}", f"tokenizer.kind={kind}", "tokenizer.vocab_size=400",
+                   "data.val_ratio=0", "data.block_size=8")
+    whole = data.tokenizer(text, add_special_tokens=False)["input_ids"] + [data.tokenizer.eos_token_id]
+    assert data.train.tolist() == whole
 
 
 def _split_on(stream, sep):
@@ -473,3 +497,13 @@ def test_cleaning_switches_apply_through_the_config_and_change_the_cache_key(tmp
     text = deduped.tokenizer.decode(deduped.train.tolist())
     assert text.count("repeats") == 1 and "closing paragraph" in text
     assert len(deduped.train) < len(plain.train)
+
+
+def test_streaming_tokenizer_follows_the_file_content_and_no_val_ratio_means_no_validation(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("abc abc abc\n" * 50)
+    first = char_data(tmp_path, path, "data.streaming=true", "data.val_ratio=0")
+    assert first.eval_dataset(32) is None
+    path.write_text("xyz xyz xyz\n" * 60)  # same path, new content: a new tokenizer, not the cached one
+    second = char_data(tmp_path, path, "data.streaming=true", "data.val_ratio=0")
+    assert "x" in second.tokenizer.get_vocab() and "a" not in second.tokenizer.get_vocab()

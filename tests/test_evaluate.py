@@ -119,3 +119,24 @@ def test_cli_evaluate_compares_two_models_and_writes_json(tok, trained, tmp_path
     assert results[1]["loss"] < results[0]["loss"]  # the trained model knows the periodic text
     for r in results:
         assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+
+
+@pytest.mark.parametrize("case", ["stride_past_context", "zero_batch", "empty_data", "bad_device"])
+def test_cli_evaluate_bad_input_is_one_line_and_exit_code_2(case, tok, tmp_path, capsys):
+    path = tmp_path / "model"
+    make_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    data = tmp_path / "data.txt"
+    data.write_text("" if case == "empty_data" else PERIODIC[:150])
+    extra = {"stride_past_context": ["--stride", "100"], "zero_batch": ["--batch-size", "0"],
+             "empty_data": [], "bad_device": ["--device", "nodevice"]}[case]
+    if case in ("zero_batch", "bad_device"):  # argparse rejects them itself
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", str(path), "--data", str(data), *extra])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and ("must be positive" in err or "is not a device" in err), err
+        return
+    code = main(["evaluate", str(path), "--data", str(data), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if line.startswith("llmkit: error: ")]) == 1, err

@@ -164,6 +164,13 @@ def saved(trained, tok, tmp_path_factory):
     return path
 
 
+def test_streaming_past_the_context_prints_the_text_once_as_one_piece(trained, tok, capsys):
+    n = 2 * CTX
+    text = generate_texts(trained, tok, "abc", max_new_tokens=n, do_sample=False, stream=True)[0]
+    assert len(text) == n
+    assert capsys.readouterr().out == text + "\n"  # no line break per token once the window slides
+
+
 def test_cli_generate_greedy(saved, trained, tok, capsys):
     code = main(["generate", str(saved), "--prompt", "abc", "--greedy", "--no-stream", "--max-new-tokens", "20",
                  "--device", "cpu"])

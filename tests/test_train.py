@@ -333,3 +333,25 @@ def test_weight_decay_skips_every_1d_parameter(tmp_path, extra):
         names = {by_id[id(p)] for p in group["params"]}
         assert names == (decay if group["weight_decay"] > 0 else set(params) - decay)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
+
+
+def test_saved_config_never_holds_a_hub_token(tmp_path):
+    cfg = load_config(None, ["training.hub_token=hf_NOT_A_REAL_SECRET", "training.push_to_hub=false"])
+    cfg.save(tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "hf_NOT_A_REAL_SECRET" not in text and "hub_token: <redacted>" in text
+    assert load_config(tmp_path / "config.yaml").training["push_to_hub"] is False
+
+
+def test_training_continues_from_a_saved_run_with_its_own_tokenizer(trained_run, corpus, tmp_path):
+    out, first, _ = trained_run
+    cfg = load_config(None, [
+        *TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", f"model.from_pretrained={out}",
+        "tokenizer.kind=pretrained", f"tokenizer.name_or_path={out}", "training.max_steps=10",
+        "training.eval_steps=10", "training.warmup_steps=0", "training.learning_rate=1e-3",
+    ])
+    metrics = train(cfg, output_dir=str(tmp_path / "more"), log=lambda *a: None)
+    log = read_json(tmp_path / "more" / "log_history.json")
+    # it starts where the first run ended (not from scratch: ln 65 nats), and goes on learning
+    assert log[0]["loss"] < first["eval_loss"] + 0.15
+    assert metrics["eval_loss"] < first["eval_loss"]

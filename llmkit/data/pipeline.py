@@ -35,7 +35,15 @@ from datasets import Dataset, IterableDataset
 from ..config import Config, ConfigError
 from ..tokenizers import load_tokenizer, tokenizer_hash, train_tokenizer
 from .clean import clean_documents
-from .sources import DataError, Segment, cache_root, in_validation, iter_documents, segments
+from .sources import (
+    DataError,
+    Segment,
+    cache_root,
+    in_validation,
+    iter_documents,
+    segments,
+    source_fingerprint,
+)
 
 CACHE_VERSION = 1
 
@@ -65,6 +73,9 @@ class PreparedData:
 
     def eval_dataset(self, block_size: int):
         if self.train is None:
+            d = self.stream["cfg"].data
+            if not d.val_source and d.val_ratio == 0:
+                return None  # no validation stream, as in memory
             return StreamingBlocks(block_size=block_size, split="validation", **self.stream)
         return PackedBlocks(self.val, block_size) if self.val is not None and len(self.val) else None
 
@@ -148,6 +159,8 @@ def validate_data_config(cfg: Config) -> None:
 
     if cfg.tokenizer.kind not in KINDS:
         raise ConfigError(f"tokenizer.kind={cfg.tokenizer.kind!r} is unknown; use one of {', '.join(KINDS)}")
+    if cfg.tokenizer.kind == "pretrained" and not cfg.tokenizer.name_or_path:
+        raise ConfigError("tokenizer.kind=pretrained needs tokenizer.name_or_path (a folder or a Hub id)")
     if d.num_proc < 1:
         raise ConfigError(f"data.num_proc must be at least 1, got {d.num_proc}")
     if d.streaming and d.val_split == "tail" and not d.val_source:
@@ -254,7 +267,12 @@ def _commit_dir(tmp: pathlib.Path, final: pathlib.Path, marker: str) -> None:
 def _get_tokenizer(cfg: Config, corpus_fp: str, train_texts, cache_root: pathlib.Path, log):
     t = cfg.tokenizer
     if t.kind == "pretrained":
-        return train_tokenizer("pretrained", name_or_path=t.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+        try:
+            return train_tokenizer("pretrained", name_or_path=t.name_or_path,
+                                   trust_remote_code=cfg.model.trust_remote_code)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ConfigError(f"tokenizer.name_or_path={t.name_or_path}: cannot load a tokenizer ({first})") from None
     key = _hash({"corpus": corpus_fp, **_tokenizer_settings(cfg)})
     folder = cache_root / "tokenizers" / key
     if (folder / "tokenizer.json").exists():
@@ -371,7 +389,9 @@ def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedDa
         tokenizer = _get_tokenizer(cfg, "", None, cache_root, log)
     else:
         # The tokenizer is trained on a pass over the training stream (the trainer keeps counts, not text).
-        fp = _hash({"streaming": cfg.data.source, "val": cfg.data.val_source, **_settings_key(cfg)})
+        d = cfg.data
+        fp = _hash({"streaming": source_fingerprint(d.source), "val": source_fingerprint(d.val_source),
+                    "hub": [d.hub_config, d.hub_split], **_settings_key(cfg)})
         learn_from = ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)  # as in memory
         tokenizer = _get_tokenizer(
             cfg, fp, lambda: (seg.text for s, seg in split_segments(cfg) if s in learn_from), cache_root, log

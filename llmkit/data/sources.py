@@ -107,7 +107,7 @@ def resolve_files(source: str) -> list[pathlib.Path]:
     if path.is_dir():
         files = sorted(
             f for f in path.rglob("*")
-            if f.is_file() and not f.name.startswith(".")
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)  # .git, ...
             and (f.suffix.lower() in TEXT_SUFFIXES or f.suffix.lower() in TABLE_BUILDERS)
         )
         if not files:
@@ -130,6 +130,14 @@ def looks_like_hub_id(source: str) -> bool:
 
 def is_local(source: str) -> bool:
     return source == "builtin" or any(ch in source for ch in "*?[") or pathlib.Path(os.path.expanduser(source)).exists()
+
+
+def source_fingerprint(source: str | None) -> list:
+    """What identifies a source's content without reading it: each file's path, size and modification time
+    (local sources), or the name (builtin, Hub ids; their settings are keyed by the caller)."""
+    if not source or source == "builtin" or not is_local(source):
+        return [source]
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in resolve_files(source)]
 
 
 def iter_documents(
@@ -186,12 +194,19 @@ def _table_documents(file: pathlib.Path, builder: str, text_field: str, streamin
 
     if file.stat().st_size == 0:
         raise DataError(f"{file}: the file is empty; remove it or point data.source at a file with text")
-    ds = load_dataset(builder, data_files=str(file), split="train", streaming=streaming)
-    _check_field(ds.column_names, text_field, str(file))
-    for row in ds:
-        text = row[text_field]
-        if text:
-            yield str(text)
+    try:
+        ds = load_dataset(builder, data_files=str(file), split="train", streaming=streaming)
+        _check_field(ds.column_names, text_field, str(file))
+        for row in ds:
+            text = row[text_field]
+            if text:
+                yield str(text)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a malformed row surfaces as one of many datasets/pyarrow errors
+        cause = err.__cause__ or err
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise DataError(f"{file}: cannot be read as {builder} ({first}); fix the file or convert it") from None
 
 
 def _hub_documents(repo_id, text_field, config, split, streaming) -> Iterator[str]:
@@ -226,14 +241,18 @@ def segments(documents: Iterator[str], size: int = SEGMENT_CHARS) -> Iterator[Se
 
 
 def _safe_cut(doc: str, at: int, n: int) -> int | None:
-    """The index just after a newline at or after `at` with a non-space character on both sides."""
+    """A cut at or after `at` no tokenizer can see: just after a newline with a non-space character on both
+    sides, or, in CRLF text, between the "\r" and the "\n" (byte-level BPE splits "\r", "\n" apart there too)."""
     pos = at
     while True:
         pos = doc.find("\n", pos)
         if pos == -1 or pos + 1 >= n:
             return None
-        if pos > 0 and not doc[pos - 1].isspace() and not doc[pos + 1].isspace():
-            return pos + 1
+        if not doc[pos + 1].isspace():
+            if pos > 0 and not doc[pos - 1].isspace():
+                return pos + 1
+            if pos > 1 and doc[pos - 1] == "\r" and not doc[pos - 2].isspace():
+                return pos
         pos += 1
 
 
