@@ -343,6 +343,9 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
     val = np.memmap(folder / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else None
     data = PreparedData(tokenizer, train, val, meta, folder, hit)
     check_enough_tokens(data, cfg)
+    if val is None and cfg.data.val_ratio > 0 and not cfg.data.val_source:
+        log(f"warning: data.val_ratio={cfg.data.val_ratio} drew no validation text from this small corpus (it "
+            "splits ~2 KB segments), so there will be no evaluation; set data.val_split=tail or data.val_source")
     meta["seconds"] = time.perf_counter() - start
     return data
 
