@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) is not None and ("=" in args.config or not args.config):
         args.overrides = ([args.config] if args.config else []) + args.overrides  # no config file, only overrides
         args.config = None
-    from .config import ConfigError
+    from .config import ConfigError, first_line
     from .data import DataError
 
     try:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:
         if getattr(err, "filename", None) or "does not appear to have" in str(err) or "not a valid" in str(err):
-            print(f"llmkit: error: {str(err).splitlines()[0]}", file=sys.stderr)
+            print(f"llmkit: error: {first_line(err)}", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:
@@ -116,7 +116,7 @@ def cmd_train(args) -> int:
 def cmd_generate(args) -> int:
     from .generate import generate_texts, load_model
 
-    model, tokenizer = _load_or_fail(load_model, args.model, adapter=args.adapter, device=args.device)
+    model, tokenizer = load_model(args.model, adapter=args.adapter, device=args.device)
     settings = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature,
@@ -210,20 +210,9 @@ def _positive_int(text: str) -> int:
 
 
 def _as_config_error(err: Exception):
-    from .config import ConfigError
+    from .config import ConfigError, first_line
 
-    return ConfigError(str(err).splitlines()[0])
-
-
-def _load_or_fail(loader, name, **kwargs):
-    from .config import ConfigError
-
-    try:
-        return loader(name, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConfigError(
-            f"cannot load model {name!r}: {str(err).strip().splitlines()[0]}; pass a run folder or a Hub id"
-        ) from None
+    return ConfigError(first_line(err))
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate}

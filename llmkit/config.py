@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """A bad setting: the message names the key and the fix."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error message (its type name when the message is empty), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @dataclass
 class ModelConfig:
     arch: str = "llmkit-gpt"  # llmkit-gpt | gpt2
@@ -118,8 +124,9 @@ class Config:
         return self.data.block_size or self.model.n_positions
 
 
-# Keys llmkit reads from the training section besides TrainingArguments' own fields.
-LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None}  # true: the last
+# Keys of the training section that llmkit reads itself, never passed to TrainingArguments, with their types.
+# `resume_from_checkpoint: true` means the last complete checkpoint.
+LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None}
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -30,9 +30,7 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
         raise DataError(f"--data {source}: there is no text to score; point it at a file or folder with text")
     results = []
     for name in names:
-        from .cli import _load_or_fail
-
-        model, tokenizer = _load_or_fail(load_model, name, device=device)
+        model, tokenizer = load_model(name, device=device)
         result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
                                 max_tokens=max_tokens)
         results.append({"model": name, "data": source, **result})

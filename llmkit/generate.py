@@ -22,20 +22,28 @@ from collections.abc import Iterable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
+from .config import ConfigError, first_line
+
 
 def load_model(name_or_path: str, *, adapter: str | None = None, device: str | None = None,
                trust_remote_code: bool = False):
-    """Load a model folder or Hub id (and an optional LoRA adapter) with its tokenizer, ready for inference."""
+    """Load a model folder or Hub id (and an optional LoRA adapter) with its tokenizer, ready for inference.
+    What cannot be loaded is a one-line ConfigError."""
     import llmkit  # noqa: F401  (registers llmkit-gpt with the Auto classes)
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if adapter:
-        from peft import PeftModel
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        if adapter:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+            model = PeftModel.from_pretrained(model, adapter)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return model.to(device).eval(), tokenizer
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ConfigError(
+            f"cannot load model {name_or_path!r}: {first_line(err)}; pass a run folder or a Hub id"
+        ) from None
 
 
 def context_length(model) -> int:
@@ -116,7 +124,7 @@ def _finished(new, eos, stop, tokenizer) -> bool:
     return False
 
 
-def make_generation_config(model, tokenizer, *, max_new_tokens=100, do_sample=None, temperature=1.0, top_k=None,
+def make_generation_config(tokenizer, *, max_new_tokens=100, do_sample=None, temperature=1.0, top_k=None,
                            top_p=None, repetition_penalty=None, num_samples=1) -> GenerationConfig:
     """Greedy when temperature is 0 or do_sample is False; sampling otherwise."""
     if do_sample is None or temperature == 0:  # temperature 0 means greedy, also with do_sample set
@@ -155,7 +163,7 @@ def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_to
     was_training = unwrapped.training
     unwrapped.eval()
     device = next(unwrapped.parameters()).device
-    gen = make_generation_config(unwrapped, tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+    gen = make_generation_config(tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  temperature=temperature, top_k=top_k, top_p=top_p,
                                  repetition_penalty=repetition_penalty, num_samples=num_samples)
     outputs = []

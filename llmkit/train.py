@@ -14,7 +14,7 @@ Design choices:
   so a run killed while saving resumes from the one before. Data order, RNG and schedule are restored by
   the Trainer, and sampling during training never touches the training RNG, so a resumed run matches an
   uninterrupted one.
-- Samples are generated with `fork_rng`, on the main process only.
+- Samples are generated on the main process only, with every RNG state put back afterwards.
 """
 
 from __future__ import annotations
@@ -30,15 +30,14 @@ import time
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from .config import Config, ConfigError
+from .config import LLMKIT_TRAINING_EXTRAS, Config, ConfigError, first_line
 from .data import BlockCollator, prepare_data
 from .data import summary as data_summary
 from .models import build_config, build_model
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-LLMKIT_TRAINING_KEYS = ("early_stopping_patience", "resume_from_checkpoint")
 
 
 def default_training_args(cfg: Config) -> dict:
@@ -93,7 +92,7 @@ def _cpu_fused_adamw() -> bool:
 
 def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: bool = True) -> TrainingArguments:
     args = default_training_args(cfg)
-    user = {k: v for k, v in cfg.training.items() if k not in LLMKIT_TRAINING_KEYS}
+    user = {k: v for k, v in cfg.training.items() if k not in LLMKIT_TRAINING_EXTRAS}
     args.update(user)
     if output_dir:
         args["output_dir"] = output_dir
@@ -148,12 +147,11 @@ class FeedbackCallback(TrainerCallback):
     def __init__(self, cfg: Config, tokenizer, tokens_per_step: int, output_dir: pathlib.Path):
         self.cfg, self.tokenizer, self.tokens_per_step = cfg, tokenizer, tokens_per_step
         self.samples_path = output_dir / "samples.jsonl"
-        self.last_time, self.last_step, self.lr = None, 0, None
-        self.train_seconds = 0.0
+        self.last_time, self.first_step, self.lr = None, 0, None
+        self.train_seconds = 0.0  # time in training steps only (evaluations, samples and saves excluded)
 
     def on_train_begin(self, args, state, control, **kw):
-        self.last_time, self.last_step = time.perf_counter(), state.global_step
-        self.first_step = state.global_step
+        self.last_time, self.first_step = time.perf_counter(), state.global_step
 
     def on_step_end(self, args, state, control, **kw):
         now = time.perf_counter()
@@ -165,9 +163,8 @@ class FeedbackCallback(TrainerCallback):
             self.lr = logs["learning_rate"]
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
-        steps = state.global_step - self.last_step
-        tps = steps * self.tokens_per_step / self.train_seconds if self.train_seconds > 0 else float("nan")
         if state.is_world_process_zero and metrics:
+            tps = self.throughput(state)
             lr = f"{self.lr:.2e}" if self.lr is not None else "-"
             line = (
                 f"step {state.global_step}/{state.max_steps} | eval loss {metrics['eval_loss']:.4f} | "
@@ -189,9 +186,9 @@ class FeedbackCallback(TrainerCallback):
                 print(f"--- sample at step {step} | prompt {prompt!r}\n{prompt}{text}", file=sys.stderr, flush=True)
                 f.write(json.dumps({"step": step, "prompt": prompt, "text": text}) + "\n")
 
-    def throughput(self, state, tokens_per_step: int) -> float:
+    def throughput(self, state) -> float:
         steps = state.global_step - self.first_step  # this process's steps only (a resumed run started later)
-        return steps * tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
+        return steps * self.tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
 @contextlib.contextmanager
@@ -226,8 +223,9 @@ def build_model_for(cfg: Config, tokenizer) -> torch.nn.Module:
         try:
             model = AutoModelForCausalLM.from_pretrained(m.from_pretrained, trust_remote_code=m.trust_remote_code)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise ConfigError(f"model.from_pretrained={m.from_pretrained}: cannot load a model ({first})") from None
+            raise ConfigError(
+                f"model.from_pretrained={m.from_pretrained}: cannot load a model ({first_line(err)})"
+            ) from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     else:
@@ -242,17 +240,15 @@ def build_model_for(cfg: Config, tokenizer) -> torch.nn.Module:
         )
     if m.attn_implementation:
         model.set_attn_implementation(m.attn_implementation)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        max_new_tokens=cfg.sample.max_new_tokens or 100,
-        do_sample=cfg.sample.do_sample,
-        temperature=cfg.sample.temperature,
-        top_k=cfg.sample.top_k,
-        top_p=cfg.sample.top_p,
-        repetition_penalty=cfg.sample.repetition_penalty,
-    )
+    from .generate import make_generation_config
+
+    settings = sample_kwargs(cfg)  # the saved model generates as the run's samples did
+    del settings["seed"]
+    settings["max_new_tokens"] = settings["max_new_tokens"] or 100
+    try:
+        model.generation_config = make_generation_config(tokenizer, **settings)
+    except ValueError as err:
+        raise ConfigError(f"sample settings: {first_line(err)}") from None
     return model
 
 
@@ -368,7 +364,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         "train_loss_mean": result.training_loss,
         "global_step": trainer.state.global_step,
         "train_runtime": result.metrics.get("train_runtime"),
-        "train_tokens_per_second": feedback.throughput(trainer.state, tokens_per_step),
+        "train_tokens_per_second": feedback.throughput(trainer.state),
         "train_tokens": trainer.state.global_step * tokens_per_step,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "best_checkpoint": trainer.state.best_model_checkpoint,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from datasets import Dataset, IterableDataset
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, first_line
 from ..tokenizers import load_tokenizer, tokenizer_hash, train_tokenizer
 from .clean import clean_documents
 from .sources import (
@@ -271,8 +271,9 @@ def _get_tokenizer(cfg: Config, corpus_fp: str, train_texts, cache_root: pathlib
             return train_tokenizer("pretrained", name_or_path=t.name_or_path,
                                    trust_remote_code=cfg.model.trust_remote_code)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise ConfigError(f"tokenizer.name_or_path={t.name_or_path}: cannot load a tokenizer ({first})") from None
+            raise ConfigError(
+                f"tokenizer.name_or_path={t.name_or_path}: cannot load a tokenizer ({first_line(err)})"
+            ) from None
     key = _hash({"corpus": corpus_fp, **_tokenizer_settings(cfg)})
     folder = cache_root / "tokenizers" / key
     if (folder / "tokenizer.json").exists():
@@ -287,6 +288,12 @@ def _get_tokenizer(cfg: Config, corpus_fp: str, train_texts, cache_root: pathlib
     tok.save_pretrained(tmp)
     _commit_dir(tmp, folder, "tokenizer.json")
     return tok
+
+
+def _vocabulary_splits(cfg: Config) -> tuple[str, ...]:
+    """BPE and word vocabularies are learned from the training split only; a char alphabet from all text, so no
+    validation character becomes <|unk|> (nanoGPT's way)."""
+    return ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)
 
 
 def _hash(obj) -> str:
@@ -313,9 +320,7 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
         fp.update(seg.text.encode())
     corpus_fp = fp.hexdigest()
 
-    # BPE and word vocabularies are learned from the training split only; a char alphabet from all text, so
-    # no validation character becomes <|unk|> (nanoGPT's way).
-    learn_from = ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)
+    learn_from = _vocabulary_splits(cfg)
     tokenizer = _get_tokenizer(
         cfg, corpus_fp, lambda: (s.text for split, s in pairs if split in learn_from), cache_root, log
     )
@@ -395,7 +400,7 @@ def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedDa
         d = cfg.data
         fp = _hash({"streaming": source_fingerprint(d.source), "val": source_fingerprint(d.val_source),
                     "hub": [d.hub_config, d.hub_split], **_settings_key(cfg)})
-        learn_from = ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)  # as in memory
+        learn_from = _vocabulary_splits(cfg)
         tokenizer = _get_tokenizer(
             cfg, fp, lambda: (seg.text for s, seg in split_segments(cfg) if s in learn_from), cache_root, log
         )

@@ -1,14 +1,14 @@
 """Where text comes from: files, globs, folders, jsonl/csv/parquet, Hub datasets, and the built-in corpus.
 
 Design choices:
-- A source becomes a stream of *documents* (one text file, one jsonl/csv/parquet row, one Hub row, one topic of
-  the built-in corpus). Documents are cut into *segments* of about 2 KB at line ends that cannot change how any
+- A source becomes a stream of *documents* (one text file, one jsonl/csv/parquet row, one Hub row, one topic or
+  one standard-library module of the built-in corpus). Documents are cut into *segments* of about 2 KB at line ends that cannot change how any
   of our tokenizers splits the text (a newline between two non-space characters), so tokenizing segments in
   parallel gives the same tokens as tokenizing whole documents. `doc_end` marks where an EOS goes.
 - Structured files and Hub ids are read with `datasets.load_dataset` (streaming when asked). Plain text files
   are read here so that a bad byte is reported with its file and offset, and `data.errors` can replace it.
 - The built-in corpus is the documentation that every CPython ships: the `pydoc_data.topics` reference
-  (465 KB) and the standard library's docstrings (about 1.4 MB, read with `ast`), so about 1.9 MB of real
+  (465 KB) and the standard library's docstrings (about 1.6 MB, read with `ast`), so about 2 MB of real
   English about Python, offline, with no file from llmkit. Its content depends on the Python version.
 """
 
@@ -27,9 +27,15 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..config import first_line
+
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".tex", ".html", ".htm", ".py", ""}
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SEGMENT_CHARS = 2048
+BUILTIN_VERSION = 2  # bump when what builtin_documents() collects changes: the cached corpus is then rebuilt
+# Not documentation prose: installed packages, test suites, demos, and packages made of generated tables.
+_STDLIB_SKIP = {"site-packages", "dist-packages", "idlelib", "lib2to3", "turtledemo", "ensurepip", "pydoc_data",
+                "encodings"}
 
 
 class DataError(ValueError):
@@ -89,12 +95,6 @@ def builtin_documents() -> tuple[str, ...]:
     return tuple(docs)
 
 
-BUILTIN_VERSION = 2
-# Not documentation prose: installed packages, test suites, demos, and packages made of generated tables.
-_STDLIB_SKIP = {"site-packages", "dist-packages", "idlelib", "lib2to3", "turtledemo", "ensurepip", "pydoc_data",
-                "encodings"}
-
-
 def resolve_files(source: str) -> list[pathlib.Path]:
     """Expand a file, a folder (recursively, text and table files) or a glob into a sorted list of files."""
     if any(ch in source for ch in "*?["):
@@ -137,7 +137,7 @@ def source_fingerprint(source: str | None) -> list:
     (local sources), or the name (builtin, Hub ids; their settings are keyed by the caller)."""
     if not source or source == "builtin" or not is_local(source):
         return [source]
-    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in resolve_files(source)]
+    return [(str(f), (st := f.stat()).st_size, st.st_mtime_ns) for f in resolve_files(source)]
 
 
 def iter_documents(
@@ -149,9 +149,7 @@ def iter_documents(
     hub_split: str = "train",
     streaming: bool = False,
 ) -> Iterator[str]:
-    """Yield the documents of `source` in a fixed order."""
-    if errors not in ("strict", "replace", "ignore"):
-        raise DataError(f"data.errors={errors!r} is unknown; use strict, replace or ignore")
+    """Yield the documents of `source` in a fixed order (`errors` is checked with the config)."""
     if source == "builtin":
         yield from builtin_documents()
         return
@@ -171,7 +169,7 @@ def iter_documents(
 def _read_text(file: pathlib.Path, errors: str) -> str:
     data = file.read_bytes()
     if not data.strip():
-        raise DataError(f"{file}: the file is empty; remove it or point data.source at a file with text")
+        raise _empty(file)
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as err:
@@ -179,6 +177,10 @@ def _read_text(file: pathlib.Path, errors: str) -> str:
             f"{file}: byte {err.start} is not valid UTF-8 (0x{data[err.start]:02x}); re-encode the file as UTF-8 "
             "or set data.errors=replace"
         ) from None
+
+
+def _empty(file: pathlib.Path) -> DataError:
+    return DataError(f"{file}: the file is empty; remove it or point data.source at a file with text")
 
 
 def _check_field(columns, text_field: str, where: str) -> None:
@@ -193,7 +195,7 @@ def _table_documents(file: pathlib.Path, builder: str, text_field: str, streamin
     from datasets import load_dataset
 
     if file.stat().st_size == 0:
-        raise DataError(f"{file}: the file is empty; remove it or point data.source at a file with text")
+        raise _empty(file)
     try:
         ds = load_dataset(builder, data_files=str(file), split="train", streaming=streaming)
         _check_field(ds.column_names, text_field, str(file))
@@ -205,8 +207,7 @@ def _table_documents(file: pathlib.Path, builder: str, text_field: str, streamin
         raise
     except Exception as err:  # noqa: BLE001 - a malformed row surfaces as one of many datasets/pyarrow errors
         cause = err.__cause__ or err
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise DataError(f"{file}: cannot be read as {builder} ({first}); fix the file or convert it") from None
+        raise DataError(f"{file}: cannot be read as {builder} ({first_line(cause)}); fix the file or convert it") from None
 
 
 def _hub_documents(repo_id, text_field, config, split, streaming) -> Iterator[str]:
@@ -215,9 +216,8 @@ def _hub_documents(repo_id, text_field, config, split, streaming) -> Iterator[st
     try:
         ds = load_dataset(repo_id, config, split=split, streaming=streaming)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; the user needs one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
-            f"data.source {repo_id!r} is neither a local path nor a loadable Hub dataset ({first}); "
+            f"data.source {repo_id!r} is neither a local path nor a loadable Hub dataset ({first_line(err)}); "
             "check the path, or the id, data.hub_config and your connection"
         ) from None
     _check_field(ds.column_names, text_field, f"Hub dataset {repo_id}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -131,10 +132,9 @@ def _bpe(texts, vocab_size, *, min_frequency, **_) -> Tokenizer:
 
 
 def _char(texts, vocab_size, **_) -> Tokenizer:
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for text in texts:
-        for ch in set(text):
-            counts[ch] = counts.get(ch, 0) + text.count(ch)
+        counts.update(text)
     if not counts:
         raise ValueError("the corpus is empty: a char tokenizer needs at least one character")
     specials = [EOS, PAD, UNK]
