@@ -3,7 +3,8 @@
 Two shapes with a 1024-token context: nanoGPT's CPU model (4 layers, 4 heads, 128 wide) and its baby GPT (6/6/384).
 Each candidate generates 512 new tokens greedily from a 1-token prompt. Prints ms per run and tokens/s, the
 ratios of the cached llmkit-gpt to GPT2LMHeadModel and to the recompute loop, and writes
-benchmarks/results/generation.json. At 4/4/128 a cached token costs about 1 ms of mostly per-call overhead
+benchmarks/results/generation.json. llmkit-gpt's `generate()` decodes on CPU with its linear weights stored
+(in, out) (llmkit/models/decode_layout.py); the "nn.Linear layout" row is the same model without that. At 4/4/128 a cached token costs about 1 ms of mostly per-call overhead
 (generate() and eager module calls), so that ratio is the one this machine's noise moves most.
 
     python benchmarks/generation.py [--iters 5] [--new-tokens 512]
@@ -15,6 +16,7 @@ import argparse
 
 import torch
 from _common import NanoGPT, report, time_it
+from transformers import GenerationMixin
 
 from llmkit import build_model
 
@@ -34,6 +36,7 @@ def measure(shape: dict, n: int, rounds: int) -> dict[str, float]:
     nano = NanoGPT(shape["vocab_size"], shape["n_positions"], shape["n_layer"], shape["n_head"], shape["n_embd"]).eval()
     candidates = {
         "llmkit-gpt + KV cache": lambda: llmkit_gpt.generate(prompt, use_cache=True, **hf),
+        "llmkit-gpt + KV cache, nn.Linear layout": lambda: GenerationMixin.generate(llmkit_gpt, prompt, **hf),
         "llmkit-gpt, no cache": lambda: llmkit_gpt.generate(prompt, use_cache=False, **hf),
         "nanoGPT crop-and-recompute": lambda: nano.generate_recompute(prompt, n),
         "GPT2LMHeadModel + KV cache": lambda: gpt2.generate(prompt, use_cache=True, **hf),
@@ -67,6 +70,7 @@ def main():
             "cached_vs_gpt2_speedup": times["GPT2LMHeadModel + KV cache"] / cached,
             "cached_vs_recompute_speedup": times["nanoGPT crop-and-recompute"] / cached,
             "cached_vs_no_cache_speedup": times["llmkit-gpt, no cache"] / cached,
+            "in_out_layout_speedup": times["llmkit-gpt + KV cache, nn.Linear layout"] / cached,
         }
     report("generation", rows, {"shapes": SHAPES, "new_tokens": n, "prompt_tokens": 1, "iters": args.iters,
                                 "threads": torch.get_num_threads(), "ratios": ratios})

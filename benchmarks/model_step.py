@@ -47,6 +47,7 @@ def main():
         ("GPT2LMHeadModel (gelu_new)", lambda: build_model("gpt2", **SHAPE), True, False, False),
         ("llmkit-gpt", lambda: build_model("llmkit-gpt", **SHAPE), True, False, False),
         ("llmkit-gpt + fused AdamW", lambda: build_model("llmkit-gpt", **SHAPE), True, True, False),
+        ("llmkit-gpt rotary + fused AdamW", lambda: build_model("llmkit-gpt", position_embedding_type="rotary", **SHAPE), True, True, False),
         ("nanoGPT + fused AdamW", lambda: NanoGPT(SHAPE["vocab_size"], SHAPE["n_positions"], 4, 4, 128), False, True, False),
     ]
     if args.compile:

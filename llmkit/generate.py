@@ -11,6 +11,8 @@ Design choices:
 - A prompt longer than the context keeps its end, with a warning. Characters a char-level tokenizer never saw
   are dropped with a warning (the seeds do the same). An empty prompt starts from the EOS/BOS token.
 - `seed` makes sampling reproducible: the same seed gives the same text.
+- On CPU the whole call runs with linear weights stored (in, out) (models/decode_layout.py): faster
+  token-by-token decoding for llmkit-gpt and for the stock GPT-2's lm_head alike.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
 from .config import ConfigError, first_line
+from .models.decode_layout import cpu_decode_layout
 
 
 def load_model(name_or_path: str, *, adapter: str | None = None, device: str | None = None,
@@ -71,6 +74,11 @@ def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationCo
                  tokenizer=None, streamer=None, stop: list[str] | None = None) -> torch.Tensor:
     """`model.generate`, continued past the context with a sliding window. Returns only the new tokens
     (rows that ended early are padded with `pad_token_id`)."""
+    with cpu_decode_layout(model):  # once for the whole loop, not once per generate() call past the context
+        return _generate_ids(model, input_ids, generation_config, tokenizer, streamer, stop)
+
+
+def _generate_ids(model, input_ids, generation_config, tokenizer, streamer, stop) -> torch.Tensor:
     context = context_length(model)
     wanted = generation_config.max_new_tokens
     extra = dict(tokenizer=tokenizer, stop_strings=stop) if stop else {}

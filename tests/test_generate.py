@@ -189,3 +189,27 @@ def test_cli_generate_several_samples(saved, capsys):
         assert f"--- sample {i} ---" in out
     assert "--- sample 4 ---" not in out
     assert out.count("\nabc") + out.startswith("abc") == 3
+
+
+def test_cpu_decoding_uses_in_out_weights_and_puts_the_originals_back(tok, tmp_path):
+    from transformers import AutoModelForCausalLM, GenerationMixin
+
+    model = make_model(tok, seed=4)
+    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+    seen = []
+    hook = model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: seen.append(m.weight.stride()))
+    settings = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                    pad_token_id=tok.pad_token_id)
+    prompt = torch.tensor([tok("abc", add_special_tokens=False)["input_ids"]])
+    out = model.generate(prompt, **settings)
+    hook.remove()
+    n_inner = model.config.n_inner
+    assert seen and all(s == (1, n_inner) for s in seen)  # (out, in) shape over (in, out) storage while decoding
+    plain = GenerationMixin.generate(model, prompt, **settings)  # nn.Linear's own layout
+    assert torch.equal(out.sequences, plain.sequences)
+    for a, b in zip(out.scores, plain.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
+    assert model.lm_head.weight is model.transformer.wte.weight
+    model.save_pretrained(tmp_path)  # contiguous again: safetensors can write it
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path).lm_head.weight, model.lm_head.weight)

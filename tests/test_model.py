@@ -260,3 +260,45 @@ def test_text_generation_pipeline_runs_our_model_from_objects_and_from_a_folder(
     tok.save_pretrained(tmp_path)
     from_folder = pipeline("text-generation", model=str(tmp_path))  # Auto classes resolve llmkit-gpt
     assert from_folder("the quick", max_new_tokens=6, do_sample=False)[0]["generated_text"] == expected
+
+
+def test_rotary_logits_depend_on_relative_positions_only():
+    """RoPE's defining property: shifting every position by the same amount changes nothing, while positions
+    further apart do change the result (a wrong q/k rotation breaks the first, a missing one the second)."""
+    model = tiny(seed=5, position_embedding_type="rotary", initializer_range=0.3)  # sharp attention
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    pos = torch.arange(16).unsqueeze(0)
+    with torch.no_grad():
+        base = model(ids, position_ids=pos).logits
+        shifted = model(ids, position_ids=pos + 37).logits
+        stretched = model(ids, position_ids=pos * 3).logits
+    torch.testing.assert_close(shifted, base, rtol=1e-4, atol=1e-4)
+    assert (stretched - base).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["learned", "rotary"])
+def test_bf16_autocast_forward_and_backward_match_fp32(variant):
+    model = tiny(seed=6, **VARIANTS[variant]).train()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    fp32 = model(ids, labels=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(ids, labels=ids).loss
+    bf16.backward()
+    assert bf16.dtype == torch.float32 and abs(bf16.item() - fp32.item()) < 2e-2
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_rotary_model_compiles_fullgraph_to_the_eager_result():
+    """Under torch.compile the rotation takes its real form (inductor has no complex kernels): same numbers,
+    no complex-operator fallback warning."""
+    import warnings
+
+    model = tiny(seed=7, position_embedding_type="rotary")
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    with torch.no_grad():
+        eager = model(ids).logits
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = torch.compile(model, fullgraph=True)(ids).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    assert not [w for w in caught if "complex" in str(w.message)]

@@ -102,13 +102,14 @@ class RandomWindows(PackedBlocks):
 
     def __init__(self, tokens: np.ndarray, block_size: int, seed: int):
         super().__init__(tokens, block_size)
-        self.seed = seed
+        # all offsets drawn at once (a generator per window costs ~15 us, measurable in a small model's step)
+        self.starts = np.random.default_rng(seed).integers(0, len(tokens) - block_size, size=self.n)
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.n:
             raise IndexError(i)
         T = self.block_size
-        start = int(np.random.default_rng((self.seed, i)).integers(0, len(self.tokens) - T))
+        start = int(self.starts[i])
         return {"input_ids": torch.from_numpy(self.tokens[start : start + T + 1].astype(np.int64))}
 
 

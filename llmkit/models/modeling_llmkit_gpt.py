@@ -3,13 +3,16 @@
 Design choices:
 - GPT-2's module names (`transformer.wte/wpe/h/ln_f`, `attn.c_attn/c_proj`, `mlp.c_fc/c_proj`) so GPT-2 weights
   convert by a transpose and LoRA target names (`c_attn`, `c_proj`, `c_fc`) are the same for both models.
-  Plain `nn.Linear` instead of GPT-2's `Conv1D`.
+  Plain `nn.Linear` instead of GPT-2's `Conv1D`; on CPU `generate()` runs on (in, out)-stored copies of the
+  weights, the layout MKL's one-row products prefer (decode_layout.py).
 - One fused q/k/v projection (one matmul instead of three) and, for SwiGLU, one fused gate/up projection.
 - Attention is picked through transformers' `ALL_ATTENTION_FUNCTIONS` (`sdpa` by default, `eager`,
   `flash_attention_2/3` when installed); masks come from `create_causal_mask`, so padding, KV caches and
   every attention backend share one code path. KV caching uses transformers `Cache` objects.
-- Rotary positions reuse transformers' RoPE (`LlamaRotaryEmbedding`, `apply_rotary_pos_emb`), so RoPE scaling
-  types (linear, dynamic, yarn, ...) come for free through `rope_parameters`.
+- Rotary positions take their angles from transformers' RoPE (`LlamaRotaryEmbedding`), so RoPE scaling types
+  (linear, dynamic, yarn, ...) come for free through `rope_parameters`. q and k are rotated together, over
+  adjacent pairs of dimensions (GPT-J/Meta-Llama pairing, not HF's rotate_half halves): in eager mode one
+  complex multiply forward and backward, about 3x cheaper than rotate_half's chain on CPU.
 - Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
   `shift_labels` (already shifted targets) to score every position of a packed block.
 """
@@ -29,9 +32,10 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from .configuration_llmkit_gpt import LlmkitGPTConfig
+from .decode_layout import cpu_decode_layout
 
 
 class LlmkitGPTRotaryEmbedding(LlamaRotaryEmbedding):
@@ -55,6 +59,15 @@ def eager_attention_forward(
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
     return attn_output, attn_weights
+
+
+def rotate_pairs(pairs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on adjacent pairs: pairs (B, T, H, hs/2, 2) turned by angles with cos, sin (B, T, 1, hs/2)."""
+    if torch.compiler.is_compiling():  # inductor writes no kernels for complex ops; this form it fuses
+        x0, x1 = pairs.unbind(-1)
+        return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    # eager: one complex multiply forward and one backward, about 3x cheaper on CPU than the real form
+    return torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin))
 
 
 def _dropout(p: float) -> nn.Module:
@@ -87,20 +100,24 @@ class LlmkitGPTAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,  # (B, T, C)
         attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,  # rotary cos, sin (B, T, 1, hs/2)
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape
-        # split then transpose (not one 5-d permute): its backward is a single cat, measurably cheaper on CPU
-        query, key, value = (
-            t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-            for t in self.c_attn(hidden_states).split(C, dim=2)
-        )
-
-        if position_embeddings is not None:  # rotary
-            cos, sin = position_embeddings
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        qkv = self.c_attn(hidden_states)  # (B, T, 3C)
+        if position_embeddings is None:
+            # split then transpose (not one 5-d permute): its backward is a single cat, measurably cheaper on CPU
+            query, key, value = (
+                t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+                for t in qkv.split(C, dim=2)
+            )
+        else:  # rotary: q and k rotated together
+            qk, value = qkv.split((2 * C, C), dim=2)
+            pairs = qk.float().view(B, T, 2 * self.n_head, self.head_dim // 2, 2)
+            qk = rotate_pairs(pairs, *position_embeddings).flatten(3).to(qkv.dtype)  # (B, T, 2nh, hs)
+            query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
+            value = value.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
@@ -259,7 +276,9 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
 
         if self.rotary:
             hidden_states = inputs_embeds
-            position_embeddings = self.rotary_emb(hidden_states, position_ids)
+            cos, sin = self.rotary_emb(hidden_states, position_ids)  # (B, T, hs): each frequency twice
+            half = cos.shape[-1] // 2
+            position_embeddings = tuple(t[..., :half].float().unsqueeze(2) for t in (cos, sin))  # (B, T, 1, hs/2)
         else:
             hidden_states = inputs_embeds + self.wpe(position_ids)
             position_embeddings = None
@@ -317,6 +336,12 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, with the linear weights stored (in, out) on CPU while it runs: 1.2-1.5x
+        faster token-by-token decoding with MKL (see decode_layout.py). Nothing else changes."""
+        with cpu_decode_layout(self):
+            return super().generate(*args, **kwargs)
 
     @classmethod
     def from_gpt2(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs) -> LlmkitGPTForCausalLM:
