@@ -11,12 +11,13 @@ Design choices:
 - A prompt longer than the context keeps its end, with a warning. Characters a char-level tokenizer never saw
   are dropped with a warning (the seeds do the same). An empty prompt starts from the EOS/BOS token.
 - `seed` makes sampling reproducible: the same seed gives the same text.
-- On CPU the whole call runs with linear weights stored (in, out) (models/decode_layout.py): faster
-  token-by-token decoding for llmkit-gpt and for the stock GPT-2's lm_head alike.
+- llmkit-gpt on an x86 CPU decodes with its linear weights stored (in, out) for the whole call
+  (models/decode_layout.py): 1.04-1.22x faster token by token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
 
 from .config import ConfigError, first_line
+from .models import LlmkitGPTPreTrainedModel
 from .models.decode_layout import cpu_decode_layout
 
 
@@ -74,7 +76,10 @@ def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationCo
                  tokenizer=None, streamer=None, stop: list[str] | None = None) -> torch.Tensor:
     """`model.generate`, continued past the context with a sliding window. Returns only the new tokens
     (rows that ended early are padded with `pad_token_id`)."""
-    with cpu_decode_layout(model):  # once for the whole loop, not once per generate() call past the context
+    # llmkit-gpt decodes on (in, out)-stored weights on CPU: swap them once for the whole loop, not once per
+    # generate() call past the context. Other models are left as they are (the copy doubles weight memory).
+    layout = cpu_decode_layout(model) if isinstance(model, LlmkitGPTPreTrainedModel) else contextlib.nullcontext()
+    with layout:
         return _generate_ids(model, input_ids, generation_config, tokenizer, streamer, stop)
 
 

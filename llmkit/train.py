@@ -71,7 +71,7 @@ def default_training_args(cfg: Config) -> dict:
         "dataloader_pin_memory": has_cuda,
         "seed": cfg.data.seed,
         **_mixed_precision(),
-        "optim": "adamw_torch_fused" if has_cuda or _cpu_fused_adamw() else "adamw_torch",
+        "optim": "adamw_torch_fused",  # one kernel for all parameters, on CPU too
         "disable_tqdm": False,
     }
 
@@ -87,26 +87,31 @@ def _default_report_to() -> str:
 
 def _mixed_precision() -> dict:
     """bf16 autocast where the hardware computes in bf16: CUDA (fp16 on GPUs without bf16), or a CPU with
-    AVX512-BF16 or AMX (1.14x on the CPU recipe here, same validation loss). Not on MPS, nor on CPUs that
-    would only emulate it. Weights, optimizer state and the loss stay fp32."""
+    AVX512-BF16 or AMX (1.15x on the CPU recipe's step here, same validation loss). Not on other
+    accelerators (MPS, XPU, ...), nor on CPUs that would only emulate it. Weights, optimizer state and the
+    loss stay fp32."""
     if torch.cuda.is_available():
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return {"bf16": bf16, "fp16": not bf16}
-    if torch.backends.mps.is_available():
+    if torch.accelerator.is_available():  # MPS, XPU, ...: the Trainer's own placement, fp32
         return {"bf16": False, "fp16": False}
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
     native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return {"bf16": native, "fp16": False, "use_cpu": True}  # Trainer asks use_cpu for bf16 on CPU
 
 
-def _cpu_fused_adamw() -> bool:
-    return tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)
+def training_settings(cfg: Config) -> tuple[dict, dict]:
+    """(llmkit's defaults overridden by the user's training settings, the user's own settings)."""
+    args = default_training_args(cfg)
+    user = {k: v for k, v in cfg.training.items() if k not in LLMKIT_TRAINING_EXTRAS}
+    if "bf16" in user or "fp16" in user:  # a precision the user picks replaces the default pair as a whole
+        args.update(bf16=False, fp16=False)
+    args.update(user)
+    return args, user
 
 
 def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: bool = True) -> TrainingArguments:
-    args = default_training_args(cfg)
-    user = {k: v for k, v in cfg.training.items() if k not in LLMKIT_TRAINING_EXTRAS}
-    args.update(user)
+    args, user = training_settings(cfg)
     if output_dir:
         args["output_dir"] = output_dir
     if "save_steps" not in user and "eval_steps" in user:
@@ -312,7 +317,8 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    state = PartialState(cpu=bool(cfg.training.get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    # the same device rule as the Trainer's arguments, so that launched processes agree from the start
+    state = PartialState(cpu=bool(training_settings(cfg)[0].get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU"))
     if cfg.model.from_pretrained is None:
         _model_options(cfg)  # bad model settings fail before any data work
     elif cfg.tokenizer.kind != "pretrained":  # a new vocabulary would give the pretrained ids other meanings
@@ -388,6 +394,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         "train_tokens_per_second": feedback.throughput(trainer.state),
         "train_tokens": trainer.state.global_step * tokens_per_step,
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
         "best_checkpoint": trainer.state.best_model_checkpoint,
         **{k: v for k, v in final_eval.items() if k.startswith("eval_")},
     }

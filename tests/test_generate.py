@@ -213,3 +213,26 @@ def test_cpu_decoding_uses_in_out_weights_and_puts_the_originals_back(tok, tmp_p
     assert model.lm_head.weight is model.transformer.wte.weight
     model.save_pretrained(tmp_path)  # contiguous again: safetensors can write it
     assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path).lm_head.weight, model.lm_head.weight)
+
+
+def test_decoding_layout_is_restored_after_concurrent_and_failing_calls(tok):
+    import threading
+
+    model = make_model(tok, seed=8)
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    prompt = torch.tensor([tok("abc", add_special_tokens=False)["input_ids"]])
+    outs = []
+
+    def run():
+        outs.append(model.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outs) == 3 and all(torch.equal(o, outs[0]) for o in outs)
+    with pytest.raises(ValueError):  # fails inside generate(), after the weights were swapped
+        model.generate(prompt, max_new_tokens=5, num_beams=2, num_return_sequences=3, pad_token_id=tok.pad_token_id)
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
+    assert all(p.is_contiguous() for p in model.parameters())

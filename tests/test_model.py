@@ -289,8 +289,7 @@ def test_bf16_autocast_forward_and_backward_match_fp32(variant):
 
 
 def test_rotary_model_compiles_fullgraph_to_the_eager_result():
-    """Under torch.compile the rotation takes its real form (inductor has no complex kernels): same numbers,
-    no complex-operator fallback warning."""
+    """One graph (the model claims `_can_compile_fullgraph`), the eager numbers, no fallback warnings."""
     import warnings
 
     model = tiny(seed=7, position_embedding_type="rotary")
@@ -301,4 +300,4 @@ def test_rotary_model_compiles_fullgraph_to_the_eager_result():
             warnings.simplefilter("always")
             compiled = torch.compile(model, fullgraph=True)(ids).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
-    assert not [w for w in caught if "complex" in str(w.message)]
+    assert not [w for w in caught if "inductor" in str(w.message).lower() or "complex" in str(w.message)]

@@ -19,7 +19,7 @@ from conftest import subprocess_env
 
 import llmkit
 from llmkit.config import load_config
-from llmkit.train import LlmkitTrainer, last_complete_checkpoint, train
+from llmkit.train import LlmkitTrainer, last_complete_checkpoint, train, training_arguments
 
 CORPUS_CHARS = 150_000
 
@@ -91,6 +91,8 @@ def test_short_training_lowers_validation_loss_and_writes_a_complete_run_folder(
     assert metrics["eval_bits_per_char"] == pytest.approx(metrics["eval_loss"] / math.log(2), rel=0.01)
     assert metrics["global_step"] == 40
     assert metrics["eval_loss"] == pytest.approx(returned["eval_loss"])
+    expected = training_arguments(load_config(None, TINY))  # the precision the run used is on record
+    assert metrics["mixed_precision"] == ("bf16" if expected.bf16 else "fp16" if expected.fp16 else "no")
 
     history = read_json(out / "log_history.json")
     evals = [h for h in history if "eval_loss" in h]
@@ -355,3 +357,10 @@ def test_training_continues_from_a_saved_run_with_its_own_tokenizer(trained_run,
     # it starts where the first run ended (not from scratch: ln 65 nats), and goes on learning
     assert log[0]["loss"] < first["eval_loss"] + 0.15
     assert metrics["eval_loss"] < first["eval_loss"]
+
+
+@pytest.mark.parametrize("setting, bf16, fp16", [("training.fp16=true", False, True), ("training.bf16=false", False, False)])
+def test_a_precision_the_user_picks_replaces_the_default_pair(setting, bf16, fp16):
+    # the default may be bf16 (CPUs with AVX512-BF16/AMX) or fp16 (older GPUs): fp16=true must not clash with it
+    args = training_arguments(load_config(None, [setting]))
+    assert (args.bf16, args.fp16) == (bf16, fp16)

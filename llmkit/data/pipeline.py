@@ -98,7 +98,8 @@ class PackedBlocks(torch.utils.data.Dataset):
 
 
 class RandomWindows(PackedBlocks):
-    """nanoGPT's random windows; window i starts at an offset drawn from (seed, i), so it is reproducible."""
+    """nanoGPT's random windows; the offsets are drawn from the seed, so window i is the same in every run
+    (a resumed run included)."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, seed: int):
         super().__init__(tokens, block_size)
