@@ -12,7 +12,7 @@ Design choices:
   are dropped with a warning (the seeds do the same). An empty prompt starts from the EOS/BOS token.
 - `seed` makes sampling reproducible: the same seed gives the same text.
 - llmkit-gpt on an x86 CPU decodes with its linear weights stored (in, out) for the whole call
-  (models/decode_layout.py): 1.04-1.22x faster token by token.
+  (models/decode_layout.py): 1.03-1.27x faster token by token.
 """
 
 from __future__ import annotations
