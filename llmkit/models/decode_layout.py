@@ -2,8 +2,8 @@
 
 Decoding one token multiplies a single row by every weight matrix, so each weight is read from memory once
 per token. With MKL, PyTorch's x86 CPU BLAS, that one-row product over nn.Linear's (out, in) storage (x·Wᵀ)
-is 1.2-1.5x slower than over the same matrix stored (in, out) (x·W, GPT-2's Conv1D layout) once the weights no
-longer fit in cache; end to end, 512 greedy tokens get 1.27x faster at 6/6/384 and 1.03x at 4/4/128
+is 1.25-1.57x slower than over the same matrix stored (in, out) (x·W, GPT-2's Conv1D layout) once the weights
+no longer fit in cache; end to end, 512 greedy tokens get 1.27x faster at 6/6/384 and 1.03x at 4/4/128
 (benchmarks/generation.py). While the context manager is open, each fp32 CPU `nn.Linear` weight holds a
 transposed-contiguous copy: same values, same shape, other strides, so every module and library sees an
 ordinary nn.Linear. The originals come back when the last generate() on the model ends (saving needs them).
@@ -57,7 +57,7 @@ def _swap(model: nn.Module, swapped: list) -> None:
             # a plain fp32 CPU matrix only (not meta, offloaded, sharded or quantized storage)
             if type(data) is not torch.Tensor or data.device.type != "cpu" or data.dtype != torch.float32:
                 continue
-            if data.dim() != 2 or not data.is_contiguous():
+            if not data.is_contiguous():  # already swapped by an earlier level, or laid out by someone else
                 continue
             weight.data = data.t().contiguous().t()
             swapped.append((weight, data))  # recorded at once, so a failure further on still restores it
