@@ -18,7 +18,6 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import copy
 import warnings
 from collections.abc import Iterable
 
@@ -72,33 +71,43 @@ def encode_prompt(tokenizer, prompt: str, context: int) -> list[int]:
     return ids
 
 
-def generate_ids(model, input_ids: torch.Tensor, generation_config: GenerationConfig, *,
-                 tokenizer=None, streamer=None, stop: list[str] | None = None) -> torch.Tensor:
-    """`model.generate`, continued past the context with a sliding window. Returns only the new tokens
-    (rows that ended early are padded with `pad_token_id`)."""
+def generate_ids(model, input_ids: torch.Tensor, settings: dict, *, tokenizer=None, streamer=None,
+                 stop: list[str] | None = None, return_logits: bool = False):
+    """`model.generate(input_ids, **settings)`, continued past the context with a sliding window. Returns only the
+    new tokens (rows that ended early are padded with `pad_token_id`), and with `return_logits` also each new
+    token's raw logits, (B, N, vocab).
+
+    `settings` are generate()'s own keyword arguments (see `generation_settings`): passed as arguments rather than
+    as a `GenerationConfig`, they override the model's saved generation config in the supported way (a greedy
+    call does not inherit the sampling flags the run saved)."""
     # llmkit-gpt decodes on (in, out)-stored weights on CPU: swap them once for the whole loop, not once per
     # generate() call past the context. Other models are left as they are (the copy doubles weight memory).
     layout = cpu_decode_layout(model) if isinstance(model, LlmkitGPTPreTrainedModel) else contextlib.nullcontext()
     with layout:
-        return _generate_ids(model, input_ids, generation_config, tokenizer, streamer, stop)
+        new, logits = _generate_ids(model, input_ids, settings, tokenizer, streamer, stop, return_logits)
+    return (new, logits) if return_logits else new
 
 
-def _generate_ids(model, input_ids, generation_config, tokenizer, streamer, stop) -> torch.Tensor:
+def _generate_ids(model, input_ids, settings, tokenizer, streamer, stop, return_logits):
     context = context_length(model)
-    wanted = generation_config.max_new_tokens
+    wanted = settings["max_new_tokens"]
     extra = dict(tokenizer=tokenizer, stop_strings=stop) if stop else {}
-    first = copy.deepcopy(generation_config)
-    first.max_new_tokens = min(wanted, context - input_ids.shape[1])
-    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=first,
-                         streamer=_HoldEnd(streamer) if streamer else None, **extra)
-    new = out[:, input_ids.shape[1]:]
-    eos, pad = generation_config.eos_token_id, generation_config.pad_token_id
-    one = copy.deepcopy(generation_config)
-    one.max_new_tokens, one.num_return_sequences = 1, 1
+    if return_logits:
+        extra.update(output_logits=True, return_dict_in_generate=True)
+    first = dict(settings, max_new_tokens=min(wanted, context - input_ids.shape[1]))
+    out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **first, **extra,
+                         streamer=_HoldEnd(streamer) if streamer else None)
+    sequences = out.sequences if return_logits else out
+    logits = list(out.logits) if return_logits else []
+    new = sequences[:, input_ids.shape[1]:]
+    eos, pad = settings.get("eos_token_id"), settings.get("pad_token_id")
+    one = dict(settings, max_new_tokens=1, num_return_sequences=1)
     while new.shape[1] < wanted and not _finished(new, eos, stop, tokenizer):
         window = torch.cat([input_ids.expand(new.shape[0], -1), new], dim=1)[:, -(context - 1):]
-        step = model.generate(window, attention_mask=torch.ones_like(window), generation_config=one,
-                              **extra)[:, -1:]
+        out = model.generate(window, attention_mask=torch.ones_like(window), **one, **extra)
+        step = (out.sequences if return_logits else out)[:, -1:]
+        if return_logits:
+            logits.append(out.logits[0])
         if eos is not None and pad is not None:  # a row that has ended stays ended, as inside generate()
             step = step.masked_fill(_ended(new, eos).unsqueeze(1), pad)
         if streamer:
@@ -106,7 +115,7 @@ def _generate_ids(model, input_ids, generation_config, tokenizer, streamer, stop
         new = torch.cat([new, step], dim=1)
     if streamer:
         streamer.end()  # once, after the last window: the text streams as one piece
-    return new
+    return new, torch.stack(logits, dim=1) if return_logits else None
 
 
 class _HoldEnd:
@@ -137,9 +146,10 @@ def _finished(new, eos, stop, tokenizer) -> bool:
     return False
 
 
-def make_generation_config(tokenizer, *, max_new_tokens=100, do_sample=None, temperature=1.0, top_k=None,
-                           top_p=None, repetition_penalty=None, num_samples=1) -> GenerationConfig:
-    """Greedy when temperature is 0 or do_sample is False; sampling otherwise."""
+def generation_settings(tokenizer, *, max_new_tokens=100, do_sample=None, temperature=1.0, top_k=None,
+                        top_p=None, repetition_penalty=None, num_samples=1) -> dict:
+    """generate()'s keyword arguments for these options, checked: greedy when temperature is 0 or do_sample is
+    False (and then no sampling flag is set at all), sampling otherwise."""
     if do_sample is None or temperature == 0:  # temperature 0 means greedy, also with do_sample set
         do_sample = temperature is not None and temperature > 0
     if temperature is not None and temperature < 0:
@@ -162,7 +172,12 @@ def make_generation_config(tokenizer, *, max_new_tokens=100, do_sample=None, tem
         if repetition_penalty <= 0:
             raise ValueError(f"--repetition-penalty must be > 0, got {repetition_penalty}")
         settings["repetition_penalty"] = repetition_penalty
-    return GenerationConfig(**settings)
+    return settings
+
+
+def make_generation_config(tokenizer, **options) -> GenerationConfig:
+    """The `GenerationConfig` a run folder saves (`generation_config.json`): `generation_settings` as a config."""
+    return GenerationConfig(**generation_settings(tokenizer, **options))
 
 
 def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_tokens: int = 100,
@@ -176,9 +191,9 @@ def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_to
     was_training = unwrapped.training
     unwrapped.eval()
     device = next(unwrapped.parameters()).device
-    gen = make_generation_config(tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 repetition_penalty=repetition_penalty, num_samples=num_samples)
+    settings = generation_settings(tokenizer, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   temperature=temperature, top_k=top_k, top_p=top_p,
+                                   repetition_penalty=repetition_penalty, num_samples=num_samples)
     outputs = []
     try:
         for prompt in prompts:
@@ -189,7 +204,7 @@ def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_to
             if stream and num_samples == 1:
                 streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
             with torch.no_grad():
-                new = generate_ids(unwrapped, ids, gen, tokenizer=tokenizer, streamer=streamer, stop=stop)
+                new = generate_ids(unwrapped, ids, settings, tokenizer=tokenizer, streamer=streamer, stop=stop)
             for row in new:
                 text = tokenizer.decode(row, skip_special_tokens=True)
                 outputs.append(_cut_at_stop(text, stop))

@@ -60,7 +60,25 @@ def cli_run(corpus, tmp_path_factory):
                   "training.max_steps=20", "training.eval_steps=10", "--output-dir", work / "run", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "done: " in proc.stdout and "Traceback" not in proc.stderr
+    (work / "train.stderr").write_text(proc.stderr)
     return work / "run", work
+
+
+NOISE = ("deprecated", "will be removed", "generation flags are not valid", "Passing `generation_config`")
+
+
+def test_train_and_generate_print_no_deprecation_or_invalid_flag_warning(cli_run):
+    """What transformers prints when our code uses an API it is retiring, or hands generate() flags it ignores
+    (a greedy call inheriting the run's saved sampling settings), must never reach a user."""
+    run, work = cli_run
+    outputs = {"train": (work / "train.stderr").read_text()}
+    for name, extra in (("sample", []), ("greedy+stop", ["--greedy", "--stop", "e", "--stop", "a"])):
+        proc = llmkit("generate", run, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "0", *extra, cwd=work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[name] = proc.stdout + proc.stderr
+    for name, text in outputs.items():
+        found = [phrase for phrase in NOISE if phrase.lower() in text.lower()]
+        assert not found, f"{name} printed {found}: {text[-2000:]}"
 
 
 def test_generate_prints_the_prompt_and_its_continuation(cli_run):

@@ -89,10 +89,10 @@ def test_kv_cache_matches_full_forward_and_uncached_generation(variant):
         full = model(ids, use_cache=False).logits
         out = model(ids[:, :5], use_cache=True)
         steps = [out.logits]
-        cache = out.past_key_values
+        cache = out.cache
         for t in range(5, 12):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
+            cache = out.cache
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 

@@ -41,7 +41,6 @@ class LlmkitGPTConfig(PretrainedConfig):
     """
 
     model_type = "llmkit-gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {
         "hidden_size": "n_embd",
         "max_position_embeddings": "n_positions",

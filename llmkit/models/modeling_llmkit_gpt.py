@@ -8,7 +8,9 @@ Design choices:
 - One fused q/k/v projection (one matmul instead of three) and, for SwiGLU, one fused gate/up projection.
 - Attention is picked through transformers' `ALL_ATTENTION_FUNCTIONS` (`sdpa` by default, `eager`,
   `flash_attention_2/3` when installed); masks come from `create_causal_mask`, so padding, KV caches and
-  every attention backend share one code path. KV caching uses transformers `Cache` objects.
+  every attention backend share one code path. KV caching uses transformers `Cache` objects, passed as `cache`
+  (transformers 5.24's name, as in its Llama and GPT-2; the old `past_key_values` keyword still works for
+  callers through transformers' own `deprecate_kwarg`, with its FutureWarning).
 - Rotary positions reuse transformers' RoPE (`LlamaRotaryEmbedding`, `rotate_half`), so RoPE scaling types
   (linear, dynamic, yarn, ...) come for free through `rope_parameters`. q and k are rotated in one pass.
 - Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
@@ -31,6 +33,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, rotate_half
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_llmkit_gpt import LlmkitGPTConfig
 from .decode_layout import cpu_decode_layout
@@ -90,7 +93,7 @@ class LlmkitGPTAttention(nn.Module):
         hidden_states: torch.Tensor,  # (B, T, C)
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,  # rotary cos, sin (B, T, 1, hs)
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape
@@ -109,8 +112,8 @@ class LlmkitGPTAttention(nn.Module):
             query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
             value = value.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, nh, S, hs)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # (B, nh, S, hs)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -165,14 +168,14 @@ class LlmkitGPTBlock(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         attn_out, _ = self.attn(
             self.ln_1(hidden_states),
             attention_mask=attention_mask,
             position_embeddings=position_embeddings,
-            past_key_values=past_key_values,
+            cache=cache,
             **kwargs,
         )
         hidden_states = hidden_states + attn_out
@@ -185,7 +188,6 @@ class LlmkitGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LlmkitGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -225,12 +227,13 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
         self.wte = new_embeddings
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, S) 1 = real token, 0 = padding
         position_ids: torch.LongTensor | None = None,  # (B, T)
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,  # (B, T, C)
         use_cache: bool | None = None,
         **kwargs,
@@ -243,10 +246,10 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
             use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputation and caching do not mix
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
-        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_seen = cache.get_seq_length() if cache is not None else 0
         T = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past_seen, past_seen + T, device=inputs_embeds.device).unsqueeze(0)
@@ -260,7 +263,7 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
 
@@ -277,11 +280,11 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
                 hidden_states,
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
         hidden_states = self.ln_f(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
@@ -294,12 +297,13 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,  # (B, T) aligned with input_ids; shifted inside the loss
         use_cache: bool | None = None,
@@ -310,7 +314,7 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **_attention_kwargs(kwargs),
@@ -323,7 +327,7 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
             kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()  # the loss flattens it with .view
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`, with the linear weights stored (in, out) on an x86 CPU while it runs:
