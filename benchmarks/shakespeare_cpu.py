@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from llmkit.config import load_config
 from llmkit.data import prepare_data
-from llmkit.train import train, training_arguments
+from llmkit.training import train, training_arguments
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shakespeare-char-cpu.yaml"
 T, B = 64, 12

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
@@ -40,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="sample text from a trained model", epilog=GENERATE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="run folder or Hub id")
-    p.add_argument("--adapter", help="LoRA adapter folder or Hub id to apply")
+    p.add_argument("model", help="run folder, adapter run folder or Hub id")
+    p.add_argument("--adapter", help="LoRA adapter run (folder or Hub id) to apply to the model")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text (default: read stdin if piped, else empty)")
     src.add_argument("--prompt-file", help="read the prompt from a file")
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the samples as JSON")
 
     p = sub.add_parser("evaluate", help="loss, perplexity and bits per char/byte of models on a data source")
-    p.add_argument("models", nargs="+", help="run folders or Hub ids (several print a comparison table)")
+    p.add_argument("models", nargs="+", help="run folders, adapter runs or Hub ids (several print a comparison table)")
+    p.add_argument("--adapter", help="LoRA adapter run (folder or Hub id) applied to each model")
     p.add_argument("--data", required=True, help="data source: file, glob, folder, jsonl/csv/parquet, Hub id, builtin")
     p.add_argument("--text-field", default="text")
     p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the context)")
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens per model")
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if any)")
+    p = sub.add_parser("merge", help="fold a LoRA adapter run into its base: a plain model folder")
+    p.add_argument("adapter", help="adapter run folder or Hub id (its base comes from adapter_config.json)")
+    p.add_argument("out", help="new folder for the merged model (must not exist)")
+    p.add_argument("--base", help="the base model, when adapter_config.json's base_model_name_or_path is not reachable")
     return parser
 
 
@@ -78,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     from .config import ConfigError, first_line
     from .data import DataError
+
+    quiet_library_output()
 
     try:
         return COMMANDS[args.command](args)
@@ -94,6 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def quiet_library_output() -> None:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") say nothing to a user; the
+    Trainer's training bar, datasets' tokenizing bars and Hub download bars stay."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    hub_bars = not are_progress_bars_disabled()
+    logging.disable_progress_bar()  # also turns the Hub's off
+    if hub_bars:
+        enable_progress_bars()
+    # peft 0.21 reads a property transformers renamed: a warning about library internals, not the user's input
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def cmd_prepare(args) -> int:
     from .config import load_config
     from .data import prepare_data, summary
@@ -106,7 +128,7 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .train import train
+    from .training import train
 
     cfg = load_config(args.config, args.overrides)
     train(cfg, output_dir=args.output_dir, resume=args.resume)
@@ -114,7 +136,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .generate import generate_texts, load_model
+    from .generate import generate_texts
+    from .models.loading import load_model
 
     model, tokenizer = load_model(args.model, adapter=args.adapter, device=args.device)
     settings = dict(
@@ -178,7 +201,8 @@ def cmd_evaluate(args) -> int:
 
     try:
         results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
-                                  batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device)
+                                  batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device,
+                                  adapter=args.adapter)
     except (ValueError, RuntimeError) as err:  # e.g. a stride longer than the context, an unknown device
         raise _as_config_error(err) from None
     print(format_table(results))
@@ -186,6 +210,14 @@ def cmd_evaluate(args) -> int:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)
         print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .export import merge
+
+    out = merge(args.adapter, args.out, base=args.base)
+    print(f"merged {args.adapter} into a plain model folder: {out}")
     return 0
 
 
@@ -215,7 +247,8 @@ def _as_config_error(err: Exception):
     return ConfigError(first_line(err))
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate}
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,
+            "merge": cmd_merge}
 
 if __name__ == "__main__":
     sys.exit(main())

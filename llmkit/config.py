@@ -3,7 +3,12 @@
 Design choices:
 - Each section is a small dataclass; its fields are the public key names (`model.n_layer`, `data.source`, ...).
 - `training` is not duplicated: any `transformers.TrainingArguments` field passes straight through, checked
-  against TrainingArguments' own dataclass fields; llmkit only supplies defaults (see `llmkit.train`).
+  against TrainingArguments' own dataclass fields; llmkit only supplies defaults (see `llmkit.training`). `lora`
+  is the same for `peft.LoraConfig`: present (even empty) means LoRA fine-tuning.
+- Settings that depend on a starting model are resolved here, once: a config that starts from scratch gets
+  llmkit's default sizes, one with `model.from_pretrained` gets the pretrained model's sizes, context and
+  tokenizer, and any size or option set against them is an error rather than silently ignored. The resolved
+  config is what a run saves, so re-running a run's `config.yaml` reproduces it.
 - Unknown keys and wrong types fail before any work starts, with the key's dotted path and a did-you-mean.
 - Overrides are `section.key=value`, the value parsed as YAML (`training.max_steps=200`, `sample.prompts=[a, b]`).
 """
@@ -33,30 +38,38 @@ def first_line(err: BaseException) -> str:
 
 @dataclass
 class ModelConfig:
-    arch: str = "llmkit-gpt"  # llmkit-gpt | gpt2
-    from_pretrained: str | None = None  # a folder or Hub id to start from (its architecture wins)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    n_positions: int = 256  # the context length
+    arch: str | None = None  # llmkit-gpt | gpt2; default llmkit-gpt, or the pretrained model's own architecture
+    from_pretrained: str | None = None  # a run folder, model folder, adapter run or Hub id to start from
+    revision: str | None = None  # Hub branch, tag or commit of from_pretrained
+    n_layer: int | None = None  # sizes default to SCRATCH_DEFAULTS, or to the pretrained model's
+    n_head: int | None = None
+    n_embd: int | None = None
+    n_positions: int | None = None  # the context length
     n_inner: int | None = None
-    dropout: float = 0.0
+    dropout: float | None = None  # default 0.0 from scratch; the pretrained model's rates otherwise
     activation_function: str | None = None  # default: gelu (llmkit-gpt), gelu_new (gpt2)
     mlp_type: str | None = None  # llmkit-gpt: gelu | swiglu
     norm_type: str | None = None  # llmkit-gpt: layernorm | rmsnorm
     position_embedding_type: str | None = None  # llmkit-gpt: learned | rotary
     bias: bool | None = None
     qkv_bias: bool | None = None
-    tie_word_embeddings: bool = True
+    tie_word_embeddings: bool | None = None  # default True from scratch
     attn_implementation: str | None = None  # sdpa (default) | eager | flash_attention_2 ...
     trust_remote_code: bool = False
 
 
+SCRATCH_DEFAULTS = dict(arch="llmkit-gpt", n_layer=4, n_head=4, n_embd=128, n_positions=256, dropout=0.0,
+                        tie_word_embeddings=True)
+# Settings of a pretrained model that a config may repeat but not change (dropout may be changed).
+PRETRAINED_FIXED = ("n_layer", "n_head", "n_embd", "n_positions", "n_inner", "activation_function", "mlp_type",
+                    "norm_type", "position_embedding_type", "bias", "qkv_bias", "tie_word_embeddings")
+
+
 @dataclass
 class TokenizerConfig:
-    kind: str = "bpe"  # bpe | char | word | pretrained
+    kind: str | None = None  # bpe | char | word | pretrained; default bpe, or pretrained with model.from_pretrained
     vocab_size: int | None = None
-    name_or_path: str | None = None  # for kind=pretrained
+    name_or_path: str | None = None  # for kind=pretrained (default: model.from_pretrained)
     min_frequency: int = 1
     lowercase: bool = True  # word level only
 
@@ -107,6 +120,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] | None = None  # peft.LoraConfig fields; None: no LoRA
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
@@ -149,7 +163,39 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | N
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. training.max_steps=200")
         _set_dotted(raw, key.strip(), _parse_value(value))
-    return _build(Config, raw, "")
+    return resolve(_build(Config, raw, ""))
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill the settings that depend on the starting model (see the module docstring), in place."""
+    m, t = cfg.model, cfg.tokenizer
+    if m.from_pretrained is None:
+        for key, value in SCRATCH_DEFAULTS.items():
+            if getattr(m, key) is None:
+                setattr(m, key, value)
+        t.kind = t.kind or "bpe"
+        return cfg
+    if t.kind not in (None, "pretrained"):  # a new vocabulary would give the pretrained ids other meanings
+        raise ConfigError(
+            f"model.from_pretrained={m.from_pretrained} needs its own tokenizer; remove tokenizer.kind={t.kind} "
+            "(the model's tokenizer is the default: tokenizer.kind=pretrained)"
+        )
+    t.kind = "pretrained"
+    t.name_or_path = t.name_or_path or m.from_pretrained
+    from .models.loading import pretrained_settings
+
+    own = pretrained_settings(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    for key in PRETRAINED_FIXED:
+        mine, theirs = getattr(m, key), own.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ConfigError(
+                f"model.{key}={mine} contradicts the pretrained model {m.from_pretrained} ({key}={theirs}); remove "
+                f"it{' (set data.block_size for shorter training blocks)' if key == 'n_positions' else ''}"
+            )
+        if mine is None:
+            setattr(m, key, theirs)
+    m.arch = m.arch or own["arch"]
+    return cfg
 
 
 def _parse_value(text: str) -> Any:
@@ -186,6 +232,8 @@ def _build(cls, raw: Any, prefix: str):
             kwargs[key] = _build(hint, value, f"{path}.")
         elif key == "training" and cls is Config:
             kwargs[key] = _check_training(value)
+        elif key == "lora" and cls is Config:
+            kwargs[key] = _check_lora(value)
         else:
             kwargs[key] = _coerce(value, hint, path)
     return cls(**kwargs)
@@ -267,6 +315,21 @@ def _check_training(value: Any) -> dict:
             else:
                 raise
     return checked
+
+
+def _check_lora(value: Any) -> dict | None:
+    """The `lora` section: keys must be `peft.LoraConfig` fields (values are checked when LoraConfig is built)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"lora must be a mapping of peft.LoraConfig fields (or {{}} for the defaults), got {value!r}")
+    from peft import LoraConfig
+
+    fields = [f.name for f in dataclasses.fields(LoraConfig) if f.init]
+    for key in value:
+        if key not in fields:
+            raise ConfigError(f"unknown key lora.{key}{_did_you_mean(key, fields, 'lora.')}")
+    return dict(value)
 
 
 def _loosely_ok(value: Any, hint: Any) -> bool:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import evaluate
 
 from .data.sources import DataError, iter_documents
-from .generate import load_model
 from .metrics import PERPLEXITY_PATH
+from .models.loading import load_model
 
 
 def load_perplexity():
@@ -24,16 +24,16 @@ def evaluate_model(model, tokenizer, documents: list[str], *, stride=None, batch
 
 
 def evaluate_models(names: list[str], source: str, *, text_field="text", stride=None, batch_size=8,
-                    max_tokens=None, device=None) -> list[dict]:
+                    max_tokens=None, device=None, adapter=None) -> list[dict]:
     documents = list(iter_documents(source, text_field=text_field))
     if not any(doc.strip() for doc in documents):
         raise DataError(f"--data {source}: there is no text to score; point it at a file or folder with text")
     results = []
     for name in names:
-        model, tokenizer = load_model(name, device=device)
+        model, tokenizer = load_model(name, device=device, adapter=adapter)
         result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
                                 max_tokens=max_tokens)
-        results.append({"model": name, "data": source, **result})
+        results.append({"model": f"{name} + {adapter}" if adapter else name, "data": source, **result})
     return results
 
 

@@ -22,32 +22,10 @@ import warnings
 from collections.abc import Iterable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer, set_seed
+from transformers import GenerationConfig, TextStreamer, set_seed
 
-from .config import ConfigError, first_line
 from .models import LlmkitGPTPreTrainedModel
 from .models.decode_layout import cpu_decode_layout
-
-
-def load_model(name_or_path: str, *, adapter: str | None = None, device: str | None = None,
-               trust_remote_code: bool = False):
-    """Load a model folder or Hub id (and an optional LoRA adapter) with its tokenizer, ready for inference.
-    What cannot be loaded is a one-line ConfigError."""
-    import llmkit  # noqa: F401  (registers llmkit-gpt with the Auto classes)
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return model.to(device).eval(), tokenizer
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ConfigError(
-            f"cannot load model {name_or_path!r}: {first_line(err)}; pass a run folder or a Hub id"
-        ) from None
 
 
 def context_length(model) -> int:

@@ -1,5 +1,10 @@
+import json
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -44,3 +49,86 @@ def shakespeare_head(shakespeare_path, tmp_path_factory):
         return made[chars]
 
     return make
+
+
+def llmkit_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "llmkit.cli", *map(str, args)]
+
+
+def read_json(path: pathlib.Path):
+    return json.loads(path.read_text())
+
+
+def is_json(path: pathlib.Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def logged_steps(history: list[dict], key: str, after: int) -> dict[int, float]:
+    return {h["step"]: h[key] for h in history if key in h and h["step"] > after}
+
+
+def kill_and_resume(root: pathlib.Path, overrides: list[str], *, kill_after: int = 20, max_steps: int = 60) -> dict:
+    """`llmkit train` SIGKILLed once a checkpoint at step >= `kill_after` is complete, then resumed with --resume,
+    beside an uninterrupted run of the same config (started at the same time, sharing one data cache).
+    Returns the two run folders, the step the resumed run continued from, and each run's stderr."""
+    killed, straight = root / "killed", root / "straight"
+    ref_log = (root / "straight.log").open("w")
+    ref = subprocess.Popen(llmkit_cmd("train", *overrides, "--output-dir", straight), cwd=root, env=subprocess_env(),
+                           stdout=subprocess.DEVNULL, stderr=ref_log)
+    proc = subprocess.Popen(llmkit_cmd("train", *overrides, "--output-dir", killed), cwd=root, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            done = [p for p in killed.glob("checkpoint-*/trainer_state.json")
+                    if int(p.parent.name.split("-")[1]) >= kill_after and is_json(p)]
+            if done:
+                break
+            assert proc.poll() is None, f"training ended before a checkpoint at step >= {kill_after} appeared"
+            assert time.monotonic() < deadline, f"no checkpoint at step >= {kill_after} within 300 s"
+            time.sleep(0.01)
+        assert proc.poll() is None, "training finished before it could be killed; make the run longer"
+        proc.send_signal(signal.SIGKILL)
+        ref.wait(timeout=600)
+    finally:
+        for p in (proc, ref):
+            p.kill()
+            p.wait()
+        ref_log.close()
+    assert ref.returncode == 0, (root / "straight.log").read_text()[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "metrics.json").exists()  # killed before the end: no final model or adapter either
+    assert not any((killed / name).exists() for name in ("model.safetensors", "adapter_model.safetensors"))
+    from llmkit.training import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(killed)
+    assert checkpoint is not None
+    resumed_at = int(checkpoint.name.split("-")[1])
+    assert kill_after <= resumed_at < max_steps
+    res = subprocess.run(llmkit_cmd("train", *overrides, "--output-dir", killed, "--resume"), cwd=root,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return dict(killed=killed, straight=straight, resumed_at=resumed_at, resume_stderr=res.stderr,
+                straight_stderr=(root / "straight.log").read_text())
+
+
+def assert_resumed_like_uninterrupted(run: dict, max_steps: int = 60, logging_steps: int = 5) -> None:
+    """The resumed run logs the same losses, evaluations and learning rates as the uninterrupted one."""
+    killed, straight, resumed_at = run["killed"], run["straight"], run["resumed_at"]
+    m_res, m_ref = read_json(killed / "metrics.json"), read_json(straight / "metrics.json")
+    assert m_res["global_step"] == m_ref["global_step"] == max_steps
+    assert m_res["eval_loss"] == pytest.approx(m_ref["eval_loss"], rel=1e-5)
+    h_res, h_ref = read_json(killed / "log_history.json"), read_json(straight / "log_history.json")
+    losses_res, losses_ref = logged_steps(h_res, "loss", resumed_at), logged_steps(h_ref, "loss", resumed_at)
+    assert sorted(losses_ref) == list(range(resumed_at + logging_steps, max_steps + 1, logging_steps))
+    assert losses_res.keys() == losses_ref.keys()
+    for step in losses_ref:
+        assert losses_res[step] == pytest.approx(losses_ref[step], rel=1e-5), step
+    assert logged_steps(h_res, "eval_loss", resumed_at) == pytest.approx(
+        logged_steps(h_ref, "eval_loss", resumed_at), rel=1e-5)
+    assert logged_steps(h_res, "learning_rate", resumed_at) == pytest.approx(
+        logged_steps(h_ref, "learning_rate", resumed_at))

@@ -82,7 +82,8 @@ def test_train_and_generate_print_no_deprecation_or_invalid_flag_warning(cli_run
 
 
 def test_generate_prints_the_prompt_and_its_continuation(cli_run):
-    from llmkit.generate import generate_texts, load_model
+    from llmkit.generate import generate_texts
+    from llmkit.models.loading import load_model
 
     run, work = cli_run
     args = ("generate", run, "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1", "--no-stream")
@@ -212,7 +213,7 @@ def test_prepare_reports_chars_tokens_and_cache_then_a_cache_hit(corpus, tmp_pat
 def test_training_strategies_accept_no_as_transformers_spells_it():
     """TrainingArguments' documented value is "no" (`eval_strategy: no`); YAML 1.1 reads a bare no as False."""
     from llmkit.config import load_config
-    from llmkit.train import training_arguments
+    from llmkit.training import training_arguments
 
     cfg = load_config(None, ["training.eval_strategy=no", "training.save_strategy=no",
                              "training.load_best_model_at_end=false", "training.report_to=none"])

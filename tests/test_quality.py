@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from llmkit.config import load_config
-from llmkit.train import train
+from llmkit.training import train
 
 
 @pytest.mark.slow

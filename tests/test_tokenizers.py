@@ -142,13 +142,18 @@ def test_every_kind_has_eos_and_a_pad_token_distinct_from_eos(kind):
         assert tok.unk_token == UNK and tok.unk_token_id not in (tok.eos_token_id, tok.pad_token_id)
 
 
-def test_load_tokenizer_adds_a_distinct_pad_token_when_a_tokenizer_has_none(tmp_path):
+def test_load_tokenizer_pads_with_eos_and_never_grows_a_pretrained_vocabulary(tmp_path):
+    """GPT-2's tokenizer has no pad token: a new one would resize the model's embeddings (and make LoRA train and
+    ship them), so the EOS pads, as GPT-2 users do."""
     backend = Tokenizer(models.WordLevel({"a": 0, "b": 1, EOS: 2, "<unk>": 3}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS).save_pretrained(tmp_path)
-    tok = load_tokenizer(str(tmp_path))
-    assert tok.eos_token == EOS and tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS).save_pretrained(tmp_path / "no_pad")
+    tok = load_tokenizer(str(tmp_path / "no_pad"))
+    assert len(tok) == 4 and tok.pad_token == EOS and tok.pad_token_id == tok.eos_token_id == 2
     assert encode(tok, "a b") == [0, 1]
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp_path / "no_eos")
+    tok = load_tokenizer(str(tmp_path / "no_eos"))  # documents are joined with an EOS: one is added
+    assert tok.eos_token == EOS and len(tok) == 4 and tok.pad_token_id == tok.eos_token_id
 
 
 def test_char_tokenizer_maps_an_unseen_character_to_unk():

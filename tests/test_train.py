@@ -3,23 +3,27 @@ run resumes to the same numbers as an uninterrupted one, data parallelism on CPU
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import (
+    assert_resumed_like_uninterrupted,
+    kill_and_resume,
+    llmkit_cmd,
+    logged_steps,
+    read_json,
+    subprocess_env,
+)
 
 import llmkit
 from llmkit.config import load_config
-from llmkit.train import LlmkitTrainer, last_complete_checkpoint, train, training_arguments
+from llmkit.training import LlmkitTrainer, train, training_arguments
 
 CORPUS_CHARS = 150_000
 
@@ -46,14 +50,10 @@ TINY = [
 
 
 
-def llmkit_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "llmkit.cli", *map(str, args)]
 
 
 
 
-def read_json(path: pathlib.Path):
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -147,74 +147,19 @@ def test_saved_folder_reloads_with_auto_classes_and_generates(trained_run):
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
 
 
-def _steps(history: list[dict], key: str, after: int) -> dict[int, float]:
-    return {h["step"]: h[key] for h in history if key in h and h["step"] > after}
-
-
 @pytest.fixture(scope="module")
 def resumed_run(corpus, tmp_path_factory) -> dict:
-    """A run SIGKILLed after its step-20 checkpoint and resumed with --resume, beside an uninterrupted run of the
-    same config (both processes with pinned RNG, see PINNED_RNG)."""
+    """A run SIGKILLed after its step-20 checkpoint and resumed with --resume, beside an uninterrupted run."""
     root = tmp_path_factory.mktemp("resume")
-    common = [
+    return kill_and_resume(root, [
         *TINY, "model.n_layer=2", "training.per_device_train_batch_size=8", f"data.source={corpus}",
         f"data.cache_dir={root / 'cache'}", "training.max_steps=60", "training.eval_steps=10",
         "training.save_steps=10", "training.save_total_limit=3",
-    ]
-    killed, straight = root / "killed", root / "straight"
-
-    # The uninterrupted reference run goes on beside the run that gets killed (both fill one data cache).
-    ref_log = (root / "straight.log").open("w")
-    ref = subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", straight), cwd=root, env=subprocess_env(),
-                           stdout=subprocess.DEVNULL, stderr=ref_log)
-    proc = subprocess.Popen(llmkit_cmd("train", *common, "--output-dir", killed), cwd=root, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while True:
-            done = [p for p in killed.glob("checkpoint-*/trainer_state.json")
-                    if int(p.parent.name.split("-")[1]) >= 20 and _is_json(p)]
-            if done:
-                break
-            assert proc.poll() is None, "training ended before a checkpoint at step >= 20 appeared"
-            assert time.monotonic() < deadline, "no checkpoint at step >= 20 within 300 s"
-            time.sleep(0.01)
-        assert proc.poll() is None, "training finished before it could be killed; make the run longer"
-        proc.send_signal(signal.SIGKILL)
-        ref.wait(timeout=600)
-    finally:
-        for p in (proc, ref):
-            p.kill()
-            p.wait()
-        ref_log.close()
-    assert ref.returncode == 0, (root / "straight.log").read_text()[-3000:]
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "metrics.json").exists() and not (killed / "model.safetensors").exists()
-    checkpoint = last_complete_checkpoint(killed)
-    assert checkpoint is not None
-    resumed_at = int(checkpoint.name.split("-")[1])
-    assert 20 <= resumed_at < 60
-
-    res = subprocess.run(llmkit_cmd("train", *common, "--output-dir", killed, "--resume"), cwd=root, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return dict(killed=killed, straight=straight, resumed_at=resumed_at, resume_stderr=res.stderr,
-                straight_stderr=(root / "straight.log").read_text())
+    ])
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(resumed_run):
-    killed, straight, resumed_at = resumed_run["killed"], resumed_run["straight"], resumed_run["resumed_at"]
-    m_res, m_ref = read_json(killed / "metrics.json"), read_json(straight / "metrics.json")
-    assert m_res["global_step"] == m_ref["global_step"] == 60
-    assert m_res["eval_loss"] == pytest.approx(m_ref["eval_loss"], rel=1e-5)
-    h_res, h_ref = read_json(killed / "log_history.json"), read_json(straight / "log_history.json")
-    losses_res, losses_ref = _steps(h_res, "loss", resumed_at), _steps(h_ref, "loss", resumed_at)
-    assert sorted(losses_ref) == list(range(resumed_at + 5, 61, 5))
-    assert losses_res.keys() == losses_ref.keys()
-    for step in losses_ref:
-        assert losses_res[step] == pytest.approx(losses_ref[step], rel=1e-5), step
-    assert _steps(h_res, "eval_loss", resumed_at) == pytest.approx(_steps(h_ref, "eval_loss", resumed_at), rel=1e-5)
-    assert _steps(h_res, "learning_rate", resumed_at) == pytest.approx(_steps(h_ref, "learning_rate", resumed_at))
+    assert_resumed_like_uninterrupted(resumed_run)
 
 
 def test_a_resumed_run_reports_the_throughput_of_the_steps_it_ran(resumed_run):
@@ -237,17 +182,9 @@ def test_same_config_and_seed_give_the_same_run(corpus, tmp_path):
     for proc in procs:
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]
-    first, second = (_steps(read_json(tmp_path / name / "log_history.json"), "loss", 0) for name in ("a", "b"))
+    first, second = (logged_steps(read_json(tmp_path / name / "log_history.json"), "loss", 0) for name in ("a", "b"))
     assert sorted(first) == [1, 2]
     assert second == pytest.approx(first, rel=1e-6), "same config and seed, different initial weights"
-
-
-def _is_json(path: pathlib.Path) -> bool:
-    try:
-        json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _free_port() -> int:

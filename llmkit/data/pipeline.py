@@ -210,7 +210,8 @@ def _tokenize_batch(tokenizer):
     eos = tokenizer.eos_token_id
 
     def fn(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        # segments are longer than a model's context on purpose (blocks are cut later): no length warning
+        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
         return {"input_ids": [x + [eos] if end else x for x, end in zip(ids, batch["doc_end"])]}
 
     return fn

@@ -337,11 +337,22 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
             return super().generate(*args, **kwargs)
 
     @classmethod
-    def from_gpt2(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs) -> LlmkitGPTForCausalLM:
-        """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent llmkit-gpt model."""
-        from .gpt2_conversion import convert_gpt2
+    def from_gpt2(
+        cls, model_or_path: str | nn.Module, *, fused_activation: bool = False, **from_pretrained_kwargs
+    ) -> LlmkitGPTForCausalLM:
+        """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent llmkit-gpt model.
+        `fused_activation=True` runs GPT-2's `gelu_new` as `gelu_pytorch_tanh` (same function, one kernel)."""
+        from .conversions.gpt2 import from_gpt2
 
-        return convert_gpt2(cls, model_or_path, **from_pretrained_kwargs)
+        return from_gpt2(cls, model_or_path, fused_activation=fused_activation, **from_pretrained_kwargs)
+
+    @classmethod
+    def from_llama(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs) -> LlmkitGPTForCausalLM:
+        """Convert a `LlamaForCausalLM` (instance, folder or Hub id) into an equivalent llmkit-gpt model
+        (ValueError when it uses grouped-query attention, biases or another activation than SiLU)."""
+        from .conversions.llama import from_llama
+
+        return from_llama(cls, model_or_path, **from_pretrained_kwargs)
 
 
 _LOSS_ONLY_KWARGS = ("shift_labels", "num_items_in_batch", "ignore_index")

@@ -4,7 +4,8 @@ Design choices:
 - Every kind is a `tokenizers.Tokenizer` wrapped in `PreTrainedTokenizerFast`, so `save_pretrained`,
   `AutoTokenizer.from_pretrained` and `push_to_hub` work with no llmkit code at load time.
 - Special tokens: `<|endoftext|>` is EOS (and BOS: an empty prompt starts from it), separating documents;
-  `<|pad|>` is a distinct pad token, so masking padding never masks the EOS the model must learn;
+  `<|pad|>` is a distinct pad token in the tokenizers llmkit trains (a pretrained tokenizer without one pads with
+  its EOS, so its vocabulary and the model's embeddings stay as they are);
   `<|unk|>` for char and word tokenizers (byte-level BPE never needs one).
 - `bpe`: GPT-2's byte-level BPE. The 256 byte symbols are always in the vocabulary, so any Unicode string
   round-trips exactly.
@@ -85,12 +86,15 @@ def wrap(tok: Tokenizer, unk: bool) -> PreTrainedTokenizerFast:
 def load_tokenizer(
     name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    """Load any tokenizer by Hub id or folder and give it an EOS and a distinct pad token if it lacks them."""
+    """Load any tokenizer by Hub id or folder, as it is: a pretrained model's vocabulary must not grow (that would
+    resize its embeddings, and LoRA would then have to train and ship them). Only what llmkit cannot work without
+    is added: an EOS token to join documents (a new token, rare), and a pad token, which is the EOS when missing
+    (GPT-2's practice; llmkit masks labels explicitly, never by the pad id)."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": EOS})
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 

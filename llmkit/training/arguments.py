@@ -1,0 +1,103 @@
+"""llmkit's `TrainingArguments` defaults and precision policy; `training.*` settings override any of them.
+
+Design choices:
+- Defaults a practitioner expects: AdamW (fused) with decay only on matrices, `cosine_with_min_lr` with warmup and
+  a floor at 10% of the peak, clipping at 1.0, evaluation and checkpoints every `eval_steps`, the best checkpoint
+  (by validation loss) reloaded at the end.
+- bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16/AMX); fp16 on GPUs without bf16.
+  A precision the user picks replaces the default pair as a whole.
+- `remove_unused_columns` is always off: llmkit's collators make exactly the keys the model takes.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainingArguments
+
+from ..config import LLMKIT_TRAINING_EXTRAS, Config, ConfigError
+
+
+def default_training_args(cfg: Config) -> dict:
+    has_cuda = torch.cuda.is_available()
+    return {
+        "output_dir": "runs/llmkit",
+        "max_steps": 1000,
+        "per_device_train_batch_size": 32,
+        "per_device_eval_batch_size": 32,
+        "learning_rate": 1e-3,
+        "weight_decay": 0.1,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.99,
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+        "warmup_steps": 100,
+        "max_grad_norm": 1.0,
+        "eval_strategy": "steps",
+        "eval_steps": 250,
+        "save_strategy": "steps",
+        "save_steps": 250,
+        "save_total_limit": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "logging_steps": 50,
+        "logging_first_step": True,
+        "report_to": _default_report_to(),
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": has_cuda,
+        "seed": cfg.data.seed,
+        **mixed_precision(),
+        "optim": "adamw_torch_fused",  # one kernel for all parameters, on CPU too
+        "disable_tqdm": False,
+    }
+
+
+def _default_report_to() -> str:
+    try:
+        import tensorboard  # noqa: F401
+
+        return "tensorboard"
+    except ImportError:
+        return "none"
+
+
+def mixed_precision() -> dict:
+    """bf16 autocast where the hardware computes in bf16: CUDA (fp16 on GPUs without bf16), or a CPU with
+    AVX512-BF16 or AMX. Not on other accelerators (MPS, XPU, ...), nor on CPUs that would only emulate it.
+    Weights, optimizer state and the loss stay fp32."""
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return {"bf16": bf16, "fp16": not bf16}
+    if torch.accelerator.is_available():  # MPS, XPU, ...: the Trainer's own placement, fp32
+        return {"bf16": False, "fp16": False}
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
+    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return {"bf16": native, "fp16": False, "use_cpu": True}  # Trainer asks use_cpu for bf16 on CPU
+
+
+def training_settings(cfg: Config) -> tuple[dict, dict]:
+    """(llmkit's defaults overridden by the user's training settings, the user's own settings)."""
+    args = default_training_args(cfg)
+    user = {k: v for k, v in cfg.training.items() if k not in LLMKIT_TRAINING_EXTRAS}
+    if "bf16" in user or "fp16" in user:  # a precision the user picks replaces the default pair as a whole
+        args.update(bf16=False, fp16=False)
+    args.update(user)
+    return args, user
+
+
+def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: bool = True) -> TrainingArguments:
+    args, user = training_settings(cfg)
+    if output_dir:
+        args["output_dir"] = output_dir
+    if "save_steps" not in user and "eval_steps" in user:
+        args["save_steps"] = user["eval_steps"]  # best-model tracking needs saves aligned with evaluations
+    if not has_eval:
+        args.update(eval_strategy="no", load_best_model_at_end=False)
+        args.pop("metric_for_best_model", None)
+    kwargs = dict(args.get("lr_scheduler_kwargs") or {})
+    args["lr_scheduler_kwargs"] = {k: float(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    args["remove_unused_columns"] = False
+    try:
+        return TrainingArguments(**args)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"training settings rejected by TrainingArguments: {str(err).splitlines()[0]}") from None

@@ -1,0 +1,97 @@
+"""Feedback during training: one line per evaluation (loss, perplexity, bits per char, learning rate, tokens/s) and
+samples from the prompts of the config's `sample` section, written to `samples.jsonl`.
+
+Sampling never touches the training RNG (every generator's state is put back), so a run with samples and a
+resumed run see the same data order and dropout masks as one without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from ..config import Config
+
+
+class FeedbackCallback(TrainerCallback):
+    """At each evaluation: one line with loss, perplexity, learning rate and tokens/s, then samples."""
+
+    def __init__(self, cfg: Config, tokenizer, tokens_per_step: int, output_dir: pathlib.Path):
+        self.cfg, self.tokenizer, self.tokens_per_step = cfg, tokenizer, tokens_per_step
+        self.samples_path = output_dir / "samples.jsonl"
+        self.last_time, self.first_step, self.lr = None, 0, None
+        self.train_seconds = 0.0  # time in training steps only (evaluations, samples and saves excluded)
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_time, self.first_step = time.perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kw):
+        now = time.perf_counter()
+        self.train_seconds += now - self.last_time
+        self.last_time = now
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs and "learning_rate" in logs:
+            self.lr = logs["learning_rate"]
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
+        if state.is_world_process_zero and metrics:
+            tps = self.throughput(state)
+            lr = f"{self.lr:.2e}" if self.lr is not None else "-"
+            line = (
+                f"step {state.global_step}/{state.max_steps} | eval loss {metrics['eval_loss']:.4f} | "
+                f"ppl {metrics.get('eval_perplexity', float('nan')):.2f} | "
+                f"bpc {metrics.get('eval_bits_per_char', float('nan')):.3f} | lr {lr} | {tps:,.0f} tok/s"
+            )
+            print(line, file=sys.stderr, flush=True)
+            if model is not None and self.cfg.sample.prompts and self.cfg.sample.max_new_tokens > 0:
+                self._samples(model, state.global_step)
+        self.last_time = time.perf_counter()
+
+    def _samples(self, model, step: int) -> None:
+        from ..generate import generate_texts
+
+        with training_rng_untouched():
+            texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg))
+        with self.samples_path.open("a") as f:
+            for prompt, text in zip(self.cfg.sample.prompts, texts):
+                print(f"--- sample at step {step} | prompt {prompt!r}\n{prompt}{text}", file=sys.stderr, flush=True)
+                f.write(json.dumps({"step": step, "prompt": prompt, "text": text}) + "\n")
+
+    def throughput(self, state) -> float:
+        steps = state.global_step - self.first_step  # this process's steps only (a resumed run started later)
+        return steps * self.tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@contextlib.contextmanager
+def training_rng_untouched():
+    """Sampling seeds every generator (`set_seed`): put Python's, NumPy's, torch's and CUDA's states back after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def sample_kwargs(cfg: Config) -> dict:
+    s = cfg.sample
+    return dict(
+        max_new_tokens=s.max_new_tokens,
+        do_sample=s.do_sample,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        repetition_penalty=s.repetition_penalty,
+        seed=s.seed,
+    )

@@ -1,0 +1,144 @@
+"""The run folder: where a run starts (fresh, or resumed from its last complete checkpoint) and what it leaves.
+
+Design choices:
+- Resuming picks the last *complete* checkpoint (weights, optimizer, scheduler, trainer state all present), so a
+  run killed while saving resumes from the one before. A folder that already holds a run is never trained into
+  without `--resume`.
+- Every run leaves the same files: the model (safetensors) or, for LoRA, the adapter (`adapter_model.safetensors`,
+  `adapter_config.json` naming the base as the user gave it), the tokenizer, `generation_config.json`,
+  `config.yaml` (resolved), `metrics.json`, `log_history.json`, `loss_curve.png` and `samples.jsonl`.
+- A GPT-2 fine-tuned through llmkit-gpt (the fast path) is saved as GPT-2: the full model converted back, or an
+  adapter whose config says what stock GPT-2 needs (Conv1D: `fan_in_fan_out`), so it loads without llmkit.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+from transformers import Trainer
+
+from ..config import ConfigError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def last_complete_checkpoint(output_dir: pathlib.Path) -> pathlib.Path | None:
+    """The newest checkpoint-N folder holding weights, optimizer, scheduler and trainer state."""
+    candidates = []
+    for path in output_dir.glob("checkpoint-*"):
+        match = CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir():
+            candidates.append((int(match.group(1)), path))
+    for _, path in sorted(candidates, reverse=True):
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+        if has_weights and all((path / f).exists() for f in ("optimizer.pt", "scheduler.pt", "trainer_state.json")):
+            try:
+                json.loads((path / "trainer_state.json").read_text())
+            except ValueError:
+                continue
+            return path
+    return None
+
+
+def holds_a_run(out: pathlib.Path) -> bool:
+    return any(CHECKPOINT_RE.match(p.name) for p in out.glob("checkpoint-*")) or any(
+        (out / name).exists() for name in MODEL_FILES)
+
+
+def starting_checkpoint(out: pathlib.Path, resume: bool, resume_from) -> str | None:
+    """The checkpoint to resume from, None for a fresh run; refuses to train into a folder that holds a run."""
+    if resume or resume_from is True:
+        checkpoint = last_complete_checkpoint(out)
+        if checkpoint is None:
+            raise ConfigError(f"--resume: no complete checkpoint in {out}; start without --resume")
+        return str(checkpoint)
+    if resume_from:
+        return str(resume_from)
+    if holds_a_run(out):
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or set training.output_dir to a new folder"
+        )
+    return None
+
+
+def final_eval(trainer: Trainer) -> dict:
+    """Validation metrics of the model the run ends with: reused from the log when that model (the best
+    checkpoint reloaded, or the last step's) was already evaluated, so the end of a run does not evaluate,
+    print and sample twice."""
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        match = CHECKPOINT_RE.match(pathlib.Path(state.best_model_checkpoint).name)
+        step = int(match.group(1)) if match else -1
+    for entry in reversed(state.log_history):
+        if "eval_loss" in entry and entry.get("step") == step:
+            return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def last_train_loss(history: list[dict], fallback: float) -> float:
+    losses = [h["loss"] for h in history if "loss" in h]
+    return losses[-1] if losses else fallback
+
+
+def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_arch: str | None,
+               is_main: bool) -> None:
+    """The trained model (or adapter) into `out`, in the form users load: see the module docstring.
+
+    `base` is the pretrained model as the user named it (for the adapter config); `stock_arch` the architecture a
+    converted model is saved back to (the GPT-2 fast path), or None."""
+    model = trainer.model
+    is_adapter = hasattr(model, "peft_config")
+    if is_adapter and base:
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base
+    if stock_arch and not is_adapter:
+        if is_main:
+            from ..models.conversions import export_model
+
+            export_model(trainer.accelerator.unwrap_model(model), stock_arch).save_pretrained(out)
+    else:
+        trainer.save_model(str(out))  # on every process: FSDP/ZeRO-3 gather the weights collectively; one writes
+    if not is_main:
+        return
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    generation_config = getattr(unwrapped, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(out)
+    if is_adapter and stock_arch == "gpt2":  # trained on nn.Linear; stock GPT-2 stores Conv1D (in, out) weights
+        path = out / "adapter_config.json"
+        config = json.loads(path.read_text())
+        config["fan_in_fan_out"] = True
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_run_files(out: pathlib.Path, trainer: Trainer, tokenizer, metrics: dict) -> None:
+    tokenizer.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+    plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
+
+
+def plot_loss_curve(history: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), marker="o", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,177 @@
+"""`train(cfg)`: prepare data, build the model (and its LoRA wrapper), train, and write the run folder."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import torch
+
+from ..config import Config, ConfigError, first_line
+from ..data import BlockCollator, prepare_data
+from ..data import summary as data_summary
+from ..models import build_config
+from ..models.factory import model_from_config
+from .arguments import training_arguments, training_settings
+from .callbacks import FeedbackCallback, sample_kwargs
+from .lora import apply_lora
+from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
+from .trainer import LlmkitTrainer
+
+
+def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, log=print) -> dict:
+    """Prepare data, build tokenizer and model, train, and write the run folder. Returns the final metrics."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # the same device rule as the Trainer's arguments, so that launched processes agree from the start
+    state = PartialState(cpu=bool(training_settings(cfg)[0].get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if cfg.model.from_pretrained is None:
+        check_model_settings(cfg)  # bad model and LoRA settings fail before any data work
+    if cfg.lora is not None:
+        check_lora_settings(cfg)
+    with state.main_process_first():  # one process tokenizes; the others then hit the cache
+        data = prepare_data(cfg, log=log if state.is_main_process else _quiet)
+    if state.is_main_process:
+        log(data_summary(data, cfg.block_size))
+    tokenizer = data.tokenizer
+    tokenizer.model_max_length = cfg.model.n_positions
+    from transformers import set_seed
+
+    set_seed(cfg.training.get("seed", cfg.data.seed))  # the starting weights follow the run's seed
+    model, stock_arch = build_training_model(cfg, tokenizer, log if state.is_main_process else _quiet)
+
+    train_ds = data.train_dataset(cfg.block_size, cfg.data.packing, cfg.data.seed)
+    eval_ds = data.eval_dataset(cfg.block_size)
+    args = training_arguments(cfg, output_dir, has_eval=eval_ds is not None)
+    out = pathlib.Path(args.output_dir)
+    resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))
+
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"model {model.config.model_type}: {n_params / 1e6:.2f}M parameters; writing to {out}")
+
+    world = max(1, state.num_processes)
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * cfg.block_size
+    feedback = FeedbackCallback(cfg, tokenizer, tokens_per_step, out)
+    callbacks = [feedback]
+    patience = cfg.training.get("early_stopping_patience")
+    if patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(patience)))
+
+    val_chars = data.meta.get("val_chars") or 0
+    val_tokens = data.meta.get("val_tokens") or 0
+    trainer = LlmkitTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=BlockCollator(),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        tokens_per_char=val_tokens / val_chars if val_chars else None,
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    evaluation = final_eval(trainer) if eval_ds is not None else {}
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    metrics = {
+        "train_loss": last_train_loss(trainer.state.log_history, result.training_loss),
+        "train_loss_mean": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "train_runtime": result.metrics.get("train_runtime"),
+        "train_tokens_per_second": feedback.throughput(trainer.state),
+        "train_tokens": trainer.state.global_step * tokens_per_step,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable,
+        "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        **{k: v for k, v in evaluation.items() if k.startswith("eval_")},
+    }
+    save_model(trainer, out, base=cfg.model.from_pretrained, stock_arch=stock_arch, is_main=state.is_main_process)
+    if state.is_main_process:
+        write_run_files(out, trainer, tokenizer, metrics)
+        log(f"done: {json.dumps({k: metrics[k] for k in metrics if k != 'best_checkpoint'}, default=str)}")
+        log(f"{'adapter' if cfg.lora is not None else 'model'}, tokenizer, metrics and loss curve saved in {out}")
+    state.wait_for_everyone()
+    return metrics
+
+
+def _quiet(*args) -> None:
+    pass
+
+
+def build_training_model(cfg: Config, tokenizer, log=print) -> tuple[torch.nn.Module, str | None]:
+    """(the model to train, the stock architecture it is saved back to or None): built or loaded as the `model`
+    section says, with the run's generation settings, and wrapped for LoRA when the config has a `lora` section."""
+    from ..generate import make_generation_config
+
+    m = cfg.model
+    model = model_from_config(m, tokenizer)
+    stock_arch, grew_vocab = None, False
+    if m.from_pretrained is not None:
+        from ..models.loading import load_config
+
+        own = load_config(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code)
+        stock_arch = own.model_type if m.arch != own.model_type else None  # the fast path saves back as stock
+        grew_vocab = len(tokenizer) > own.vocab_size
+    settings = sample_kwargs(cfg)  # the saved model generates as the run's samples did
+    del settings["seed"]
+    settings["max_new_tokens"] = settings["max_new_tokens"] or 100
+    try:
+        model.generation_config = make_generation_config(tokenizer, **settings)
+    except ValueError as err:
+        raise ConfigError(f"sample settings: {first_line(err)}") from None
+    if cfg.lora is not None:
+        model = apply_lora(model, cfg.lora, grew_vocab=grew_vocab, log=log)
+    return model, stock_arch
+
+
+def check_lora_settings(cfg: Config) -> None:
+    """Build the `lora` section's LoraConfig against the model's structure (on the meta device: no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models.factory import convert_for_training
+    from ..models.loading import load_config
+
+    m = cfg.model
+    with torch.device("meta"):
+        if m.from_pretrained is None:
+            model = model_from_config(m, _VocabOnly(8))
+        else:
+            config = load_config(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+            if m.arch != config.model_type:
+                model = convert_for_training(model, m.arch)
+        apply_lora(model, cfg.lora, log=_quiet)  # peft's own checks too (it wraps the meta model)
+
+
+class _VocabOnly:
+    """Stands in for a tokenizer where only the model's shape matters."""
+
+    bos_token_id = eos_token_id = pad_token_id = None
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def check_model_settings(cfg: Config) -> None:
+    """Validate the model section (one-line ConfigError) without building anything."""
+    m = cfg.model
+    options = dict(n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+                   dropout=m.dropout, tie_word_embeddings=m.tie_word_embeddings)
+    for k in ("n_inner", "activation_function", "mlp_type", "norm_type", "position_embedding_type", "bias", "qkv_bias"):
+        if getattr(m, k) is not None:
+            options[k] = getattr(m, k)
+    try:
+        build_config(m.arch, vocab_size=8, **options)
+    except ValueError as err:
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith("model.") else f"model.{msg}") from None
