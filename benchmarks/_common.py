@@ -84,24 +84,76 @@ def time_it(fn, warmup: int, iters: int) -> float:
     return times[len(times) // 2]
 
 
-def report(name: str, rows: list[dict], extra: dict | None = None) -> pathlib.Path:
-    """Print rows as a table and write them (with machine facts) to benchmarks/results/<name>.json."""
+def print_table(rows: list[dict]) -> None:
     columns = list(rows[0])
     widths = [max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:
         print("  ".join(_fmt(r[c]).ljust(w) for c, w in zip(columns, widths)))
+
+
+def report(name: str, rows: list[dict], extra: dict | None = None, table: bool = True) -> pathlib.Path:
+    """Print rows as a table and write them (with the commit, date and machine) to benchmarks/results/<name>.json."""
+    if table:
+        print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {
-        "benchmark": name,
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-        "rows": rows,
-        **(extra or {}),
-    }
+    payload = {"benchmark": name, **provenance(), "rows": rows, **(extra or {})}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def provenance() -> dict:
+    """What a figure needs to be trusted later: the commit, the date, and the machine it was measured on."""
+    import datetime
+    import importlib.metadata
+    import os
+    import subprocess
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True).stdout.strip())
+    except OSError:
+        commit, dirty = None, None
+    flags = []
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "fma", "asimd", "sve")
+                flags = sorted(set(line.split(":", 1)[1].split()) & set(wanted))
+                break
+        model = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    except OSError:
+        model = platform.processor()
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "commit": commit,
+        "uncommitted_changes": dirty,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cpu": model,
+            "cpu_flags": flags,
+            "mkl": torch.backends.mkl.is_available(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": version("transformers"),
+            "peft": version("peft"),
+            "accelerate": version("accelerate"),
+        },
+    }
 
 
 def _fmt(v) -> str:

@@ -330,3 +330,46 @@ def load_config_for_other_shape():
 def test_a_config_cannot_start_from_an_unreachable_hub_model(tmp_path):
     with pytest.raises(ConfigError, match="cannot load a model config from 'nobody/no-such-model'"):
         load_config(None, ["model.from_pretrained=nobody/no-such-model"])
+
+
+@pytest.mark.parametrize("options", [
+    {}, dict(position_embedding_type="rotary"), dict(norm_type="rmsnorm", mlp_type="swiglu", bias=False),
+    dict(position_embedding_type="rotary", norm_type="rmsnorm", mlp_type="swiglu", bias=False, tie_word_embeddings=False),
+    dict(qkv_bias=False, activation_function="gelu_new"),
+], ids=["learned", "rotary", "rmsnorm-swiglu-nobias", "llama-like-untied", "noqkvbias-gelu_new"])
+def test_lora_trains_every_llmkit_gpt_variant_and_merges_exactly(options):
+    from llmkit import build_model
+
+    torch.manual_seed(0)
+    model = build_model("llmkit-gpt", vocab_size=61, n_positions=32, n_embd=32, n_layer=2, n_head=4, **options)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lines = []
+    lora = apply_lora(model, {"target_modules": ["c_attn", "c_proj", "c_fc"], "r": 4}, log=lines.append)
+    wrapped = {n.rsplit(".", 2)[0] for n, p in lora.named_parameters() if p.requires_grad}
+    assert len(wrapped) == 2 * 4 * 2  # c_attn, attn.c_proj, c_fc, mlp.c_proj in 2 blocks, A and B each
+    ids = torch.randint(0, 61, (4, 32))
+    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = lora(input_ids=ids, labels=ids).loss
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0] - 0.1
+    lora.eval()
+    adapted = logits(lora, ids)
+    merged = lora.merge_and_unload()
+    torch.testing.assert_close(logits(merged, ids), adapted, atol=1e-5, rtol=0)
+    assert any(not torch.equal(frozen[n], p) for n, p in merged.named_parameters())  # the merge changed weights
+
+
+def test_lora_with_gradient_checkpointing_and_bf16_autocast(work, base_run, new_text, lora_run):
+    """The lora_run fixture's settings again, with activations recomputed in the backward and bf16 autocast: it
+    learns as much."""
+    run, metrics = finetune(work, base_run, new_text, "lora-ckpt-bf16", "lora.r=8", "lora.lora_alpha=16",
+                            "lora.target_modules=[c_attn, c_proj, c_fc]", "training.learning_rate=1e-2",
+                            "training.gradient_checkpointing=true", "training.bf16=true")
+    assert metrics["mixed_precision"] == "bf16"
+    assert metrics["eval_loss"] < zero_shot_loss(base_run, run) - 0.05
+    assert metrics["eval_loss"] == pytest.approx(lora_run[1]["eval_loss"], abs=0.05)

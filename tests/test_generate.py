@@ -191,28 +191,45 @@ def test_cli_generate_several_samples(saved, capsys):
     assert out.count("\nabc") + out.startswith("abc") == 3
 
 
-def test_cpu_decoding_uses_in_out_weights_and_puts_the_originals_back(tok, tmp_path):
+@pytest.mark.parametrize("path", ["as built", "blas", "no mkl"])
+def test_cpu_decoding_layout_follows_the_kernel_path_and_puts_the_originals_back(tok, tmp_path, monkeypatch, path):
+    """generate() on llmkit-gpt stores its linear weights (in, out) exactly when it decodes on MKL (the product MKL
+    does fastest one row at a time); on oneDNN (onednn.py) or without MKL the weights stay as they are. "as built"
+    checks the path this machine takes by default; the others force the fallbacks through the documented switch
+    (LLMKIT_CPU_MATMUL=blas) and a PyTorch build without MKL."""
     from transformers import AutoModelForCausalLM, GenerationMixin
 
-    model = make_model(tok, seed=4)
-    before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
-    seen = []
-    hook = model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: seen.append(m.weight.stride()))
-    settings = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                    pad_token_id=tok.pad_token_id)
-    prompt = torch.tensor([tok("abc", add_special_tokens=False)["input_ids"]])
-    out = model.generate(prompt, **settings)
-    hook.remove()
-    n_inner = model.config.n_inner
-    assert seen and all(s == (1, n_inner) for s in seen)  # (out, in) shape over (in, out) storage while decoding
-    plain = GenerationMixin.generate(model, prompt, **settings)  # nn.Linear's own layout
-    assert torch.equal(out.sequences, plain.sequences)
-    for a, b in zip(out.scores, plain.scores):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
-    assert model.lm_head.weight is model.transformer.wte.weight
-    model.save_pretrained(tmp_path)  # contiguous again: safetensors can write it
-    assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path).lm_head.weight, model.lm_head.weight)
+    from llmkit.models import onednn
+
+    if path == "blas":
+        monkeypatch.setenv("LLMKIT_CPU_MATMUL", "blas")
+    elif path == "no mkl":
+        monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    onednn.enabled.cache_clear()  # and again at the end, so later tests see the restored setting
+    try:
+        swaps = torch.backends.mkl.is_available() and not onednn.enabled()
+        model = make_model(tok, seed=4)
+        before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
+        seen = []
+        hook = model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, i, o: seen.append(m.weight.stride()))
+        settings = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                        pad_token_id=tok.pad_token_id)
+        prompt = torch.tensor([tok("abc", add_special_tokens=False)["input_ids"]])
+        out = model.generate(prompt, **settings)
+        hook.remove()
+        n_inner, n_embd = model.config.n_inner, model.config.n_embd
+        expected = (1, n_inner) if swaps else (n_embd, 1)  # (out, in) shape over (in, out) storage, or untouched
+        assert seen and all(s == expected for s in seen), (path, seen[0])
+        plain = GenerationMixin.generate(model, prompt, **settings)  # nn.Linear's own layout
+        assert torch.equal(out.sequences, plain.sequences)
+        for a, b in zip(out.scores, plain.scores):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()} == before
+        assert model.lm_head.weight is model.transformer.wte.weight
+        model.save_pretrained(tmp_path)  # contiguous again: safetensors can write it
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path).lm_head.weight, model.lm_head.weight)
+    finally:
+        onednn.enabled.cache_clear()
 
 
 def test_decoding_layout_is_restored_after_concurrent_and_failing_calls(tok):

@@ -301,3 +301,90 @@ def test_rotary_model_compiles_fullgraph_to_the_eager_result():
             compiled = torch.compile(model, fullgraph=True)(ids).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     assert not [w for w in caught if "inductor" in str(w.message).lower() or "complex" in str(w.message)]
+
+
+@pytest.mark.parametrize("trained_head", [False, True])
+def test_chunked_loss_equals_cross_entropy_on_the_full_logits_with_the_same_gradients(monkeypatch, trained_head):
+    """The fused projection + cross-entropy used in training (llmkit/models/chunked_loss.py), in chunks of a few
+    rows here, against transformers' loss on the materialized logits: loss, hidden-state and weight gradients."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from llmkit.models import chunked_loss
+
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 4 * 97 * 5)  # 5 rows per chunk
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 11, 16)
+    weight = torch.randn(97, 16, requires_grad=trained_head)
+    labels = torch.randint(0, 97, (3, 11))
+    labels[0, :4] = -100
+    for kwargs in (dict(labels=labels), dict(shift_labels=labels), dict(labels=labels, num_items_in_batch=torch.tensor(50))):
+        grads = []
+        for fused in (True, False):
+            h = hidden.clone().requires_grad_()
+            w = weight.detach().clone().requires_grad_(trained_head)
+            if fused:
+                loss = chunked_loss.chunked_causal_lm_loss(h, w, **kwargs)
+            else:
+                loss = ForCausalLMLoss(h @ w.t(), kwargs.get("labels"), 97, shift_labels=kwargs.get("shift_labels"),
+                                       num_items_in_batch=kwargs.get("num_items_in_batch"))
+            loss.backward()
+            grads.append((loss.detach(), h.grad, w.grad))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+        if trained_head:
+            torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-4, atol=1e-6)
+
+
+def test_training_forward_with_a_large_vocabulary_returns_the_loss_without_logits(monkeypatch):
+    from llmkit.models import chunked_loss
+
+    monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 4 * SMALL["vocab_size"] * 4)
+    model = tiny(seed=2, tie_word_embeddings=False)
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 16))
+    grads = {}
+    for mode in ("eval", "train"):
+        model.zero_grad()
+        getattr(model, mode)()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        grads[mode] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, out.logits)
+    assert grads["train"][2] is None and grads["eval"][2] is not None
+    torch.testing.assert_close(grads["train"][0], grads["eval"][0], rtol=1e-5, atol=1e-6)
+    for name, grad in grads["eval"][1].items():
+        torch.testing.assert_close(grads["train"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_onednn_linear_equals_f_linear_with_the_same_gradients(monkeypatch, bias, frozen):
+    """llmkit-gpt's projections on oneDNN (models/onednn.py), forced on here: outputs and gradients of the input,
+    the weight (unless frozen, as under LoRA: then none is computed) and the bias equal F.linear's."""
+    from llmkit.models import onednn
+
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        pytest.skip("this PyTorch build has no oneDNN")
+    monkeypatch.setenv("LLMKIT_CPU_MATMUL", "onednn")
+    onednn.enabled.cache_clear()
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(3, 7, 24)
+        layer = onednn.Linear(24, 40, bias=bias)
+        layer.weight.requires_grad_(not frozen)
+        results = []
+        for fn in (lambda t: layer(t), lambda t: torch.nn.functional.linear(t, layer.weight, layer.bias)):
+            layer.zero_grad()
+            t = x.clone().requires_grad_()
+            y = fn(t)
+            (y * torch.linspace(-1, 1, 40)).sum().backward()
+            results.append((y.detach(), t.grad, layer.weight.grad, layer.bias.grad if bias else None))
+        assert onednn.applies(x, layer.weight)
+        for ours, reference in zip(*results):
+            if reference is None:
+                assert ours is None
+            else:
+                torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps PyTorch's own (oneDNN bf16) path
+            assert not onednn.applies(x, layer.weight)
+    finally:
+        monkeypatch.delenv("LLMKIT_CPU_MATMUL")
+        onednn.enabled.cache_clear()

@@ -19,12 +19,16 @@ import threading
 import torch
 from torch import nn
 
+from . import onednn
+
 _lock = threading.Lock()  # guards the per-model depth and swap list (generate() may run in several threads)
 
 
 @contextlib.contextmanager
 def cpu_decode_layout(model: nn.Module):
-    if not torch.backends.mkl.is_available():  # measured with MKL only; other BLAS libraries may prefer (out, in)
+    # measured with MKL only; other BLAS libraries may prefer (out, in), and oneDNN (onednn.py) multiplies one row
+    # by nn.Linear's own (out, in) storage faster than MKL does by (in, out)
+    if not torch.backends.mkl.is_available() or onednn.enabled():
         yield model
         return
     with _lock:

@@ -6,6 +6,7 @@ Design choices:
   Plain `nn.Linear` instead of GPT-2's `Conv1D`; on an x86 CPU `generate()` runs on (in, out)-stored copies
   of the weights, the layout MKL's one-row products prefer (decode_layout.py).
 - One fused q/k/v projection (one matmul instead of three) and, for SwiGLU, one fused gate/up projection.
+  The projections are `onednn.Linear` (an nn.Linear that multiplies on oneDNN where PyTorch's BLAS is slow).
 - Attention is picked through transformers' `ALL_ATTENTION_FUNCTIONS` (`sdpa` by default, `eager`,
   `flash_attention_2/3` when installed); masks come from `create_causal_mask`, so padding, KV caches and
   every attention backend share one code path. KV caching uses transformers `Cache` objects, passed as `cache`
@@ -35,8 +36,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, rotate_half
 from transformers.utils.deprecation import deprecate_kwarg
 
+from .chunked_loss import chunked_causal_lm_loss, logits_are_large
 from .configuration_llmkit_gpt import LlmkitGPTConfig
 from .decode_layout import cpu_decode_layout
+from .onednn import Linear
 
 
 class LlmkitGPTRotaryEmbedding(LlamaRotaryEmbedding):
@@ -83,8 +86,8 @@ class LlmkitGPTAttention(nn.Module):
         self.attn_dropout = config.attn_pdrop
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # GPT-2 scaled init, see _init_weights
         self.resid_dropout = _dropout(config.resid_pdrop)
 
@@ -137,9 +140,9 @@ class LlmkitGPTMLP(nn.Module):
         super().__init__()
         self.swiglu = config.mlp_type == "swiglu"
         n_out = 2 * config.n_inner if self.swiglu else config.n_inner
-        self.c_fc = nn.Linear(config.n_embd, n_out, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, n_out, bias=config.bias)
         self.act = ACT2FN["silu" if self.swiglu else config.activation_function]
-        self.c_proj = nn.Linear(config.n_inner, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_inner, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True
         self.dropout = _dropout(config.resid_pdrop)
 
@@ -294,7 +297,7 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
     def __init__(self, config: LlmkitGPTConfig):
         super().__init__(config)
         self.transformer = LlmkitGPTModel(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -319,13 +322,22 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **_attention_kwargs(kwargs),
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = outputs.last_hidden_state  # (B, T, C)
+        shift_labels = kwargs.get("shift_labels")
+        if (labels is not None or shift_labels is not None) and self.training and logits_to_keep == 0 and \
+                logits_are_large(hidden_states.shape[0] * hidden_states.shape[1], self.config.vocab_size):
+            # training: the loss without the (B, T, vocab) logits (chunked_loss.py); none are returned
+            loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels=labels, shift_labels=shift_labels,
+                                          num_items_in_batch=kwargs.get("num_items_in_batch"),
+                                          ignore_index=kwargs.get("ignore_index", -100))
+            return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache)
+        hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
         logits = self.lm_head(hidden_states)  # (B, T, vocab)
 
         loss = None
-        if kwargs.get("shift_labels") is not None:
-            kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()  # the loss flattens it with .view
-        if labels is not None or kwargs.get("shift_labels") is not None:
+        if shift_labels is not None:
+            kwargs["shift_labels"] = shift_labels.contiguous()  # the loss flattens it with .view
+        if labels is not None or shift_labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 

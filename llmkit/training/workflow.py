@@ -19,8 +19,10 @@ from .run_folder import final_eval, last_train_loss, save_model, starting_checkp
 from .trainer import LlmkitTrainer
 
 
-def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, log=print) -> dict:
-    """Prepare data, build tokenizer and model, train, and write the run folder. Returns the final metrics."""
+def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, log=print,
+          callbacks: list | None = None) -> dict:
+    """Prepare data, build tokenizer and model, train, and write the run folder. Returns the final metrics.
+    `callbacks` (transformers `TrainerCallback`s) join llmkit's own."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
@@ -56,7 +58,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     world = max(1, state.num_processes)
     tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * cfg.block_size
     feedback = FeedbackCallback(cfg, tokenizer, tokens_per_step, out)
-    callbacks = [feedback]
+    callbacks = [feedback, *(callbacks or [])]
     patience = cfg.training.get("early_stopping_patience")
     if patience:
         from transformers import EarlyStoppingCallback
