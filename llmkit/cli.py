@@ -74,6 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="adapter run folder or Hub id (its base comes from adapter_config.json)")
     p.add_argument("out", help="new folder for the merged model (must not exist)")
     p.add_argument("--base", help="the base model, when adapter_config.json's base_model_name_or_path is not reachable")
+
+    p = sub.add_parser("export", help="an llmkit-gpt run as a folder that loads without llmkit")
+    p.add_argument("run", help="run folder or Hub id of an llmkit-gpt model")
+    p.add_argument("out", help="new folder (must not exist)")
+    p.add_argument("--to", required=True, choices=("gpt2", "llama", "code"),
+                   help="gpt2 / llama: the exact stock architecture; code: llmkit-gpt with its modeling code "
+                        "(trust_remote_code=True)")
+
+    p = sub.add_parser("push", help="push a run, adapter run, model or tokenizer folder to the Hugging Face Hub")
+    p.add_argument("path", help="the folder to push (it is never modified)")
+    p.add_argument("repo_id", help="NAME or USER/NAME (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (created when missing; default main)")
+    p.add_argument("--commit-message")
+    p.add_argument("--export", default="auto", choices=("auto", "gpt2", "llama", "code", "none"),
+                   help="what a user without llmkit loads: auto (default) = the exact stock architecture when the "
+                        "run has one, else code; none = llmkit-gpt as it is (needs llmkit)")
+    p.add_argument("--checkpoints", action="store_true", help="also push checkpoint-N folders (weights, state)")
+    p.add_argument("--optimizer-states", action="store_true",
+                   help="with --checkpoints: also the optimizer/scheduler/RNG states (pickles) a resume needs")
+    p.add_argument("--base-model", help="adapters: the Hub id of the base, when the run names a local folder")
+    p.add_argument("--license", help="license for the model card (e.g. apache-2.0, mit)")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+
+    p = sub.add_parser("pull", help="download a model, adapter or tokenizer repo from the Hub")
+    p.add_argument("repo_id")
+    p.add_argument("dir", nargs="?", help="a new folder for the files (default: the Hub cache)")
+    p.add_argument("--revision", help="branch, tag or commit")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
     return parser
 
 
@@ -104,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def quiet_library_output() -> None:
     """transformers' own progress bars ("Loading weights", "Writing model shards") say nothing to a user; the
-    Trainer's training bar, datasets' tokenizing bars and Hub download bars stay."""
+    Trainer's training bar and datasets' tokenizing bars stay, and the Hub's transfer bars on a terminal."""
     from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
     from transformers.utils import logging
 
-    hub_bars = not are_progress_bars_disabled()
+    hub_bars = not are_progress_bars_disabled() and sys.stderr.isatty()
     logging.disable_progress_bar()  # also turns the Hub's off
     if hub_bars:
         enable_progress_bars()
@@ -221,6 +250,37 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    out = export(args.run, args.out, to=args.to)
+    print(f"exported {args.run} as {args.to} into {out}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    import time
+
+    from .hub import push
+
+    start = time.perf_counter()
+    result = push(args.path, args.repo_id, token=args.token, private=args.private or None, revision=args.revision,
+                  commit_message=args.commit_message, export=args.export, checkpoints=args.checkpoints,
+                  optimizer_states=args.optimizer_states, base_model=args.base_model, license=args.license)
+    what = "pushed" if result.changed else "nothing changed; the repo is already at"
+    print(f"{what} {result.url} commit {result.commit} ({result.files} files, {result.bytes / 2**20:.1f} MB, "
+          f"{time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from .hub import pull
+
+    path = pull(args.repo_id, args.dir, revision=args.revision, token=args.token)
+    print(path)
+    return 0
+
+
 def _device(text: str) -> str:
     import torch
 
@@ -248,7 +308,7 @@ def _as_config_error(err: Exception):
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "merge": cmd_merge}
+            "merge": cmd_merge, "export": cmd_export, "push": cmd_push, "pull": cmd_pull}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,10 @@
-"""Folders for people without llmkit: `llmkit merge` (an adapter folded into its base) and, later, exports.
+"""Folders for people without llmkit: `llmkit merge` (an adapter folded into its base) and `llmkit export` (an
+llmkit-gpt run as its exact stock equivalent, GPT2LMHeadModel or LlamaForCausalLM, or with its modeling code).
 
 Design choices:
 - The output is a plain transformers model folder (safetensors, config, tokenizer, generation config) that
-  `AutoModelForCausalLM` loads; a merge of an adapter on stock GPT-2 is a stock GPT-2.
+  `AutoModelForCausalLM` loads; a merge of an adapter on stock GPT-2 is a stock GPT-2. The `code` export carries
+  llmkit-gpt's modeling files and an `auto_map`, for `trust_remote_code=True` (never llmkit's own default).
 - Nothing is half-written and nothing is overwritten: the folder is written beside its destination and renamed
   into place when complete; an existing destination is refused before any work.
 """
@@ -13,7 +15,7 @@ import os
 import pathlib
 import shutil
 
-from .config import ConfigError
+from .config import ConfigError, first_line
 
 
 def check_new_folder(out: str | os.PathLike) -> pathlib.Path:
@@ -51,6 +53,59 @@ def merge(adapter: str, out: str, *, base: str | None = None, revision: str | No
 
     def write(tmp: pathlib.Path) -> None:
         model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return write_folder(path, write)
+
+
+TARGETS = ("gpt2", "llama", "code")
+
+
+def write_export(model, out: pathlib.Path, target: str) -> None:
+    """Save llmkit-gpt `model` into the folder `out` as `target`: gpt2 | llama (exact stock equivalents) | code."""
+    if target == "code":
+        _save_with_code(model, out)
+        return
+    from .models.conversions import export_model
+
+    try:
+        stock = export_model(model, target)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--to {target}: {first_line(err)}") from None
+    stock.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+
+
+def _save_with_code(model, out: pathlib.Path) -> None:
+    """save_pretrained with the modeling code beside the weights and an auto_map naming it. The Auto-class
+    registration is a class attribute, so it is undone afterwards: other saves stay code-free."""
+    config_cls, model_cls = type(model.config), type(model)
+    saved = (getattr(config_cls, "_auto_class", None), getattr(model_cls, "_auto_class", None))
+    config_cls.register_for_auto_class()
+    model_cls.register_for_auto_class("AutoModelForCausalLM")
+    try:
+        model.save_pretrained(out)
+    finally:
+        config_cls._auto_class, model_cls._auto_class = saved
+
+
+def export(run: str, out: str, *, to: str, revision: str | None = None) -> pathlib.Path:
+    """`llmkit export RUN OUT --to gpt2|llama|code`: a new folder that loads without llmkit."""
+    from .models.loading import is_adapter, load_model
+
+    if to not in TARGETS:
+        raise ConfigError(f"--to {to} is unknown; use one of {', '.join(TARGETS)}")
+    path = check_new_folder(out)
+    if is_adapter(run, revision):
+        raise ConfigError(f"{run} is an adapter run; merge it first (`llmkit merge {run} MERGED`), then export that")
+    model, tokenizer = load_model(run, revision=revision, device="cpu")
+    if model.config.model_type != "llmkit-gpt":
+        raise ConfigError(f"{run} is a {model.config.model_type} model, already loadable without llmkit; "
+                          "export converts llmkit-gpt runs")
+
+    def write(tmp: pathlib.Path) -> None:
+        write_export(model, tmp, to)
         tokenizer.save_pretrained(tmp)
 
     return write_folder(path, write)

@@ -342,8 +342,8 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, with the linear weights stored (in, out) on an x86 CPU while it runs:
-        1.03-1.27x faster token-by-token decoding with MKL, for twice the Linear weight memory during the call
+        """`GenerationMixin.generate`, with the linear weights stored (in, out) while it runs on a CPU whose products
+        run on MKL, the layout MKL multiplies one row by fastest, for twice the Linear weight memory during the call
         (see decode_layout.py). Nothing else changes."""
         with cpu_decode_layout(self):
             return super().generate(*args, **kwargs)
@@ -354,7 +354,10 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
     ) -> LlmkitGPTForCausalLM:
         """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent llmkit-gpt model.
         `fused_activation=True` runs GPT-2's `gelu_new` as `gelu_pytorch_tanh` (same function, one kernel)."""
-        from .conversions.gpt2 import from_gpt2
+        try:  # absolute and guarded: this file also travels alone with exported weights (trust_remote_code)
+            from llmkit.models.conversions.gpt2 import from_gpt2
+        except ImportError as err:
+            raise ImportError("LlmkitGPTForCausalLM.from_gpt2 needs llmkit installed") from err
 
         return from_gpt2(cls, model_or_path, fused_activation=fused_activation, **from_pretrained_kwargs)
 
@@ -362,7 +365,10 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
     def from_llama(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs) -> LlmkitGPTForCausalLM:
         """Convert a `LlamaForCausalLM` (instance, folder or Hub id) into an equivalent llmkit-gpt model
         (ValueError when it uses grouped-query attention, biases or another activation than SiLU)."""
-        from .conversions.llama import from_llama
+        try:  # absolute and guarded, as in from_gpt2
+            from llmkit.models.conversions.llama import from_llama
+        except ImportError as err:
+            raise ImportError("LlmkitGPTForCausalLM.from_llama needs llmkit installed") from err
 
         return from_llama(cls, model_or_path, **from_pretrained_kwargs)
 

@@ -85,8 +85,28 @@ def training_settings(cfg: Config) -> tuple[dict, dict]:
     return args, user
 
 
+def hub_settings(cfg: Config, output_dir: str) -> dict | None:
+    """What `training.push_to_hub: true` pushes at the end of the run (through `llmkit.hub.push`, after every file of
+    the run folder is written), or None. The token stays here: it never reaches TrainingArguments, which the
+    Trainer pickles into every checkpoint."""
+    t = cfg.training
+    if not t.get("push_to_hub"):
+        return None
+    import pathlib
+
+    return {"repo_id": t.get("hub_model_id") or pathlib.Path(output_dir).name, "token": t.get("hub_token"),
+            "private": t.get("hub_private_repo"), "revision": t.get("hub_revision")}
+
+
 def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: bool = True) -> TrainingArguments:
     args, user = training_settings(cfg)
+    token = args.pop("hub_token", None)
+    if args.get("push_to_hub") and "hub_strategy" not in user:
+        args["push_to_hub"] = False  # llmkit pushes the complete run folder at the end (hub_settings)
+    elif args.get("push_to_hub") and token:
+        import os
+
+        os.environ["HF_TOKEN"] = token  # for the Trainer's checkpoint pushes, without writing it into its pickles
     if output_dir:
         args["output_dir"] = output_dir
     if "save_steps" not in user and "eval_steps" in user:

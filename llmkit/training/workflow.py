@@ -12,7 +12,7 @@ from ..data import BlockCollator, prepare_data
 from ..data import summary as data_summary
 from ..models import build_config
 from ..models.factory import model_from_config
-from .arguments import training_arguments, training_settings
+from .arguments import hub_settings, training_arguments, training_settings
 from .callbacks import FeedbackCallback, sample_kwargs
 from .lora import apply_lora
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
@@ -99,6 +99,12 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         write_run_files(out, trainer, tokenizer, metrics)
         log(f"done: {json.dumps({k: metrics[k] for k in metrics if k != 'best_checkpoint'}, default=str)}")
         log(f"{'adapter' if cfg.lora is not None else 'model'}, tokenizer, metrics and loss curve saved in {out}")
+        hub = hub_settings(cfg, str(out))
+        if hub:
+            from ..hub import push
+
+            pushed = push(out, hub.pop("repo_id"), **hub)
+            log(f"pushed {out} to {pushed.url} (commit {pushed.commit})")
     state.wait_for_everyone()
     return metrics
 
