@@ -57,12 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
     p.add_argument("--interactive", "-i", action="store_true", help="keep the model loaded and read prompts")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap prompts in the model's chat template and stop at the end of the answer; with -i the "
+                        "conversation is kept")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if any)")
     p.add_argument("--json", action="store_true", help="print the samples as JSON")
 
     p = sub.add_parser("evaluate", help="loss, perplexity and bits per char/byte of models on a data source")
     p.add_argument("models", nargs="+", help="run folders, adapter runs or Hub ids (several print a comparison table)")
     p.add_argument("--adapter", help="LoRA adapter run (folder or Hub id) applied to each model")
+    p.add_argument("--format", choices=("text", "instruct"), default="text",
+                   help="instruct: prompt/response (or chat messages) rows; scores the answer tokens only")
+    p.add_argument("--prompt-field", default="prompt", help="--format instruct: the prompt column")
+    p.add_argument("--response-field", default="response", help="--format instruct: the answer column")
+    p.add_argument("--messages-field", default="messages", help="--format instruct: the chat messages column")
     p.add_argument("--data", required=True, help="data source: file, glob, folder, jsonl/csv/parquet, Hub id, builtin")
     p.add_argument("--text-field", default="text")
     p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the context)")
@@ -143,6 +151,10 @@ def quiet_library_output() -> None:
         enable_progress_bars()
     # peft 0.21 reads a property transformers renamed: a warning about library internals, not the user's input
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # peft saves the grown embedding with an adapter, as llmkit intends, and says so at every save
+    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`", category=UserWarning)
+    # ... and, reloading such an adapter, does not find GPT-2's embedding name in its own list (the tie holds)
+    warnings.filterwarnings("ignore", message="You have requested `ensure_weight_tying`", category=UserWarning)
 
 
 def cmd_prepare(args) -> int:
@@ -178,21 +190,26 @@ def cmd_generate(args) -> int:
         num_samples=args.num_samples,
         seed=args.seed,
         stop=args.stop,
+        chat=args.chat,
     )
     stream = not args.no_stream and not args.json and args.num_samples == 1 and sys.stdout.isatty()
+    conversation: list[dict] = []
 
     def run(prompt: str) -> None:
+        query = [*conversation, {"role": "user", "content": prompt}] if args.chat else prompt
         try:
-            texts = generate_texts(model, tokenizer, [prompt], stream=stream, **settings)
+            texts = generate_texts(model, tokenizer, [query], stream=stream, **settings)
         except ValueError as err:
             raise _as_config_error(err) from None
+        if args.chat and args.interactive:
+            conversation.extend([{"role": "user", "content": prompt}, {"role": "assistant", "content": texts[0]}])
         if args.json:
             print(json.dumps({"prompt": prompt, "samples": texts}, ensure_ascii=False))
         elif not stream:
             for i, text in enumerate(texts):
                 if len(texts) > 1:
                     print(f"--- sample {i + 1} ---")
-                print(prompt + text)
+                print(text if args.chat else prompt + text)
         else:
             print()
 
@@ -231,7 +248,9 @@ def cmd_evaluate(args) -> int:
     try:
         results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
                                   batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device,
-                                  adapter=args.adapter)
+                                  adapter=args.adapter, instruct=None if args.format == "text" else {
+                                      "prompt_field": args.prompt_field, "response_field": args.response_field,
+                                      "messages_field": args.messages_field})
     except (ValueError, RuntimeError) as err:  # e.g. a stride longer than the context, an unknown device
         raise _as_config_error(err) from None
     print(format_table(results))

@@ -94,12 +94,28 @@ class DataConfig:
     val_ratio: float = 0.1
     val_split: str = "random"  # random (seeded segments) | tail (the corpus' end, nanoGPT's way)
     seed: int = 1337
-    packing: str = "blocks"  # blocks (non-overlapping) | random (nanoGPT-style random windows)
+    packing: str | None = None  # text: blocks (default) | random (nanoGPT's windows); instruct: packed | padded
+    format: str = "text"  # text | instruct (prompt/response or chat messages, rendered with a chat template)
+    prompt_field: str = "prompt"  # instruct columns
+    response_field: str = "response"
+    messages_field: str = "messages"  # a list of {role, content}, used when the rows have it
+    chat_template: str | None = None  # Jinja string or .jinja file; default: <|user|>{q}\n<|assistant|>{a}<|endoftext|>
+    special_tokens: list[str] | None = None  # added to the tokenizer; default: the <|...|> markers of the template
+    overlong: str = "truncate"  # instruct examples longer than the context: truncate | drop
+    train_on_prompt: bool = False  # instruct: the loss on prompt tokens too (default: answers only)
     errors: str = "strict"  # strict | replace | ignore: how bytes that are not UTF-8 are handled
     streaming: bool = False
     num_proc: int = 1
     cache_dir: str | None = None  # default: ~/.cache/llmkit/data
     clean: CleanConfig = field(default_factory=CleanConfig)
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None  # run folder, Hub id or adapter run; shares the student's tokenizer
+    temperature: float = 4.0  # softens both distributions: soft loss = KL(teacher_T, student_T) * T^2
+    alpha: float = 0.5  # weight of the soft loss; 1 - alpha weighs the cross-entropy on the data
+    kind: str = "forward_kl"  # forward_kl (KL(teacher || student), the curriculum's) | reverse_kl
 
 
 @dataclass
@@ -121,6 +137,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     training: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # peft.LoraConfig fields; None: no LoRA
+    distill: DistillConfig | None = None  # a teacher's soft targets; None: no distillation
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
@@ -168,11 +185,15 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | N
 
 def resolve(cfg: Config) -> Config:
     """Fill the settings that depend on the starting model (see the module docstring), in place."""
-    m, t = cfg.model, cfg.tokenizer
+    m, t, d = cfg.model, cfg.tokenizer, cfg.data
+    d.packing = d.packing or ("blocks" if d.format == "text" else "packed")
+    _check_distill(cfg.distill)
     if m.from_pretrained is None:
         for key, value in SCRATCH_DEFAULTS.items():
             if getattr(m, key) is None:
                 setattr(m, key, value)
+        if t.kind is None and cfg.distill is not None:  # a student shares its teacher's tokenizer
+            t.kind, t.name_or_path = "pretrained", t.name_or_path or cfg.distill.teacher
         t.kind = t.kind or "bpe"
         return cfg
     if t.kind not in (None, "pretrained"):  # a new vocabulary would give the pretrained ids other meanings
@@ -228,8 +249,11 @@ def _build(cls, raw: Any, prefix: str):
         if key not in names:
             raise ConfigError(f"unknown key {path}{_did_you_mean(key, names, prefix)}")
         hint = hints[key]
+        section = _optional_section(hint)
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{path}.")
+        elif section is not None:  # an optional section: present (even empty) turns it on
+            kwargs[key] = None if value is None else _build(section, value, f"{path}.")
         elif key == "training" and cls is Config:
             kwargs[key] = _check_training(value)
         elif key == "lora" and cls is Config:
@@ -237,6 +261,14 @@ def _build(cls, raw: Any, prefix: str):
         else:
             kwargs[key] = _coerce(value, hint, path)
     return cls(**kwargs)
+
+
+def _optional_section(hint: Any):
+    """The dataclass of an `X | None` hint, else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        classes = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return classes[0] if classes else None
+    return None
 
 
 def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
@@ -315,6 +347,19 @@ def _check_training(value: Any) -> dict:
             else:
                 raise
     return checked
+
+
+def _check_distill(d: DistillConfig | None) -> None:
+    if d is None:
+        return
+    if not d.teacher:
+        raise ConfigError("distill.teacher is required: a run folder, Hub id or adapter run of the teacher model")
+    if not 0.0 <= d.alpha <= 1.0:
+        raise ConfigError(f"distill.alpha must be in [0, 1] (the weight of the soft loss), got {d.alpha}")
+    if not d.temperature > 0:
+        raise ConfigError(f"distill.temperature must be positive, got {d.temperature}")
+    if d.kind not in ("forward_kl", "reverse_kl"):
+        raise ConfigError(f"distill.kind={d.kind!r} is unknown; use forward_kl or reverse_kl")
 
 
 def _check_lora(value: Any) -> dict | None:

@@ -24,17 +24,67 @@ def evaluate_model(model, tokenizer, documents: list[str], *, stride=None, batch
 
 
 def evaluate_models(names: list[str], source: str, *, text_field="text", stride=None, batch_size=8,
-                    max_tokens=None, device=None, adapter=None) -> list[dict]:
-    documents = list(iter_documents(source, text_field=text_field))
-    if not any(doc.strip() for doc in documents):
-        raise DataError(f"--data {source}: there is no text to score; point it at a file or folder with text")
+                    max_tokens=None, device=None, adapter=None, instruct: dict | None = None) -> list[dict]:
+    """Score each model on `source`: text (sliding-window perplexity), or, with `instruct` (the instruct column
+    settings, `data.*` names), the loss on the answers of prompt/response or chat rows."""
+    if instruct is None:
+        documents = list(iter_documents(source, text_field=text_field))
+        if not any(doc.strip() for doc in documents):
+            raise DataError(f"--data {source}: there is no text to score; point it at a file or folder with text")
     results = []
     for name in names:
         model, tokenizer = load_model(name, device=device, adapter=adapter)
-        result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
-                                max_tokens=max_tokens)
+        if instruct is None:
+            result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
+                                    max_tokens=max_tokens)
+        else:
+            result = evaluate_answers(model, tokenizer, source, batch_size=batch_size, **instruct)
         results.append({"model": f"{name} + {adapter}" if adapter else name, "data": source, **result})
     return results
+
+
+def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fields) -> dict:
+    """Loss, perplexity and bits per token on the answer tokens of instruction data, rendered with the model's
+    own chat template exactly as `data.format: instruct` trains (prompt tokens are context, not scored)."""
+    import math
+
+    import torch
+    from torch.nn import functional as F
+
+    from .config import ConfigError, load_config
+    from .data.instruct import encode, read_rows, to_messages
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("this model's tokenizer has no chat template: --format instruct scores models trained with "
+                          "data.format=instruct")
+    cfg = load_config(None, [f"data.{k}={v}" for k, v in fields.items()] + ["data.format=instruct"])
+    context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+    examples = []
+    for index, row in read_rows(source, cfg):
+        ids, labels = encode(to_messages(row, index, source, cfg), tokenizer)
+        examples.append((ids[:context], labels[:context]))
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            group = examples[start : start + batch_size]
+            width = max(len(ids) for ids, _ in group)
+            ids = torch.full((len(group), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            labels = torch.full((len(group), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, (i, lab) in enumerate(group):
+                ids[row, : len(i)], labels[row, : len(lab)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            targets = labels[:, 1:].to(device)
+            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                     ignore_index=-100, reduction="sum").item()
+            count += int((targets != -100).sum())
+    if count == 0:
+        raise DataError(f"--data {source}: no answer tokens to score")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
+            "tokens": count, "examples": len(examples)}
 
 
 def format_table(results: list[dict]) -> str:

@@ -161,10 +161,17 @@ def make_generation_config(tokenizer, **options) -> GenerationConfig:
 def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_tokens: int = 100,
                    do_sample: bool | None = None, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, repetition_penalty: float | None = None, num_samples: int = 1,
-                   seed: int | None = None, stop: list[str] | None = None, stream: bool = False) -> list[str]:
-    """Text in, text out: the continuations (without the prompt) of each prompt, `num_samples` per prompt."""
-    if isinstance(prompts, str):
+                   seed: int | None = None, stop: list[str] | None = None, stream: bool = False,
+                   chat: bool = False) -> list[str]:
+    """Text in, text out: the continuations (without the prompt) of each prompt, `num_samples` per prompt.
+
+    With `chat`, each prompt is a user message (or a list of {role, content} messages, a conversation so far)
+    rendered with the tokenizer's chat template, and the answer ends at the end-of-turn (EOS) token."""
+    if isinstance(prompts, str) or (chat and prompts and isinstance(prompts[0], dict)):
         prompts = [prompts]
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this model's tokenizer has no chat template; train it with data.format=instruct, or "
+                         "generate without --chat")
     unwrapped = getattr(model, "module", model)
     was_training = unwrapped.training
     unwrapped.eval()
@@ -177,7 +184,9 @@ def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_to
         for prompt in prompts:
             if seed is not None:
                 set_seed(seed)
-            ids = torch.tensor([encode_prompt(tokenizer, prompt, context_length(unwrapped))], device=device)
+            context = context_length(unwrapped)
+            ids = chat_prompt(tokenizer, prompt, context) if chat else encode_prompt(tokenizer, prompt, context)
+            ids = torch.tensor([ids], device=device)
             streamer = None
             if stream and num_samples == 1:
                 streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -189,6 +198,18 @@ def generate_texts(model, tokenizer, prompts: Iterable[str] | str, *, max_new_to
     finally:
         unwrapped.train(was_training)
     return outputs
+
+
+def chat_prompt(tokenizer, conversation: str | list[dict], context: int) -> list[int]:
+    """The ids of a conversation (or one user message) followed by the assistant's turn, rendered with the chat
+    template; the oldest turns are left out when it does not fit the context."""
+    messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else list(conversation)
+    while True:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) < context or len(messages) <= 1:
+            return ids[-(context - 1):]
+        messages = messages[2:] if messages[0]["role"] != "system" else messages[:1] + messages[3:]
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> str:

@@ -228,7 +228,7 @@ def test_new_special_tokens_train_the_embeddings_and_the_adapter_reloads_onto_a_
 
     grown = work / "grown_tokenizer"
     tok = AutoTokenizer.from_pretrained(base_run)
-    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    tok.add_special_tokens({"extra_special_tokens": ["<|user|>", "<|assistant|>"]})
     tok.save_pretrained(grown)
     run, metrics = finetune(work, base_run, new_text, "lora-grown", f"tokenizer.name_or_path={grown}", "lora.r=4")
     config = read_json(run / "adapter_config.json")

@@ -79,6 +79,9 @@ class PreparedData:
             return StreamingBlocks(block_size=block_size, split="validation", **self.stream)
         return PackedBlocks(self.val, block_size) if self.val is not None and len(self.val) else None
 
+    def collator(self):
+        return BlockCollator()
+
 
 class PackedBlocks(torch.utils.data.Dataset):
     """Block i = tokens[i*T : i*T + T + 1]: T inputs and their T next-token targets."""
@@ -146,8 +149,10 @@ def validate_data_config(cfg: Config) -> None:
         raise ConfigError(f"data.val_ratio must be in [0, 1), got {d.val_ratio}")
     if d.val_split not in ("random", "tail"):
         raise ConfigError(f"data.val_split={d.val_split!r} is unknown; use random or tail")
-    if d.packing not in ("blocks", "random"):
-        raise ConfigError(f"data.packing={d.packing!r} is unknown; use blocks or random")
+    if d.format not in ("text", "instruct"):
+        raise ConfigError(f"data.format={d.format!r} is unknown; use text or instruct")
+    if d.format == "text" and d.packing not in ("blocks", "random"):
+        raise ConfigError(f"data.packing={d.packing!r} is unknown for text; use blocks or random")
     if cfg.block_size <= 0:
         raise ConfigError(f"data.block_size must be positive, got {cfg.block_size}")
     if cfg.block_size > cfg.model.n_positions and cfg.model.position_embedding_type != "rotary":
@@ -311,6 +316,17 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
 
     if cfg.data.streaming:
         return _prepare_streaming(cfg, cache_root, log)
+    if cfg.data.format == "instruct":
+        from .instruct import prepare_instruct
+
+        def tokenizer_for(texts):
+            fp = _hash({"instruct": source_fingerprint(cfg.data.source), "val": source_fingerprint(cfg.data.val_source),
+                        "template": cfg.data.chat_template, **_settings_key(cfg)})
+            return _get_tokenizer(cfg, fp, texts, cache_root, log)
+
+        data = prepare_instruct(cfg, tokenizer_for, log)
+        data.meta["seconds"] = time.perf_counter() - start
+        return data
 
     pairs = list(split_segments(cfg))
     if cfg.data.val_split == "tail" and not cfg.data.val_source and cfg.data.val_ratio > 0:
@@ -413,6 +429,10 @@ def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedDa
 
 def summary(data: PreparedData, block_size: int) -> str:
     """A short report of what was prepared."""
+    if not isinstance(data, PreparedData):
+        from .instruct import summary as instruct_summary
+
+        return instruct_summary(data)
     m = data.meta
     if m.get("streaming"):
         return f"streaming from {data.stream['cfg'].data.source}; vocabulary {m['vocab_size']}"

@@ -15,6 +15,7 @@ Design choices:
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import glob
 import hashlib
@@ -191,13 +192,28 @@ def _check_field(columns, text_field: str, where: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def quiet_datasets():
+    """datasets' "Generating train split" bars while a table file is read (a few rows: noise, not progress)."""
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def _table_documents(file: pathlib.Path, builder: str, text_field: str, streaming: bool) -> Iterator[str]:
     from datasets import load_dataset
 
     if file.stat().st_size == 0:
         raise _empty(file)
     try:
-        ds = load_dataset(builder, data_files=str(file), split="train", streaming=streaming)
+        with quiet_datasets():
+            ds = load_dataset(builder, data_files=str(file), split="train", streaming=streaming)
         _check_field(ds.column_names, text_field, str(file))
         for row in ds:
             text = row[text_field]

@@ -256,7 +256,10 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
         T = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past_seen, past_seen + T, device=inputs_embeds.device).unsqueeze(0)
-        if not self.rotary and past_seen + T > self.config.n_positions:
+            too_long = not self.rotary and past_seen + T > self.config.n_positions
+        else:  # given (packed examples restart theirs): the embedding lookup itself would fail past the table
+            too_long = False
+        if too_long:
             raise ValueError(
                 f"sequence of {past_seen + T} tokens exceeds the context of {self.config.n_positions} "
                 "learned positions; crop the input to the last n_positions tokens"
@@ -313,6 +316,8 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        if use_cache is None and (labels is not None or kwargs.get("shift_labels") is not None):
+            use_cache = False  # scoring, not decoding: no cache (and packed examples keep their own attention)
         outputs = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -114,6 +114,8 @@ def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: boo
     if not has_eval:
         args.update(eval_strategy="no", load_best_model_at_end=False)
         args.pop("metric_for_best_model", None)
+    if cfg.data.format == "instruct" and "include_num_input_tokens_seen" not in user:  # tokens/s of varying batches
+        args["include_num_input_tokens_seen"] = "non_padding" if cfg.data.packing == "padded" else "all"
     kwargs = dict(args.get("lr_scheduler_kwargs") or {})
     args["lr_scheduler_kwargs"] = {k: float(v) if isinstance(v, str) else v for k, v in kwargs.items()}
     args["remove_unused_columns"] = False

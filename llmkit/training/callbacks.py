@@ -24,14 +24,16 @@ from ..config import Config
 class FeedbackCallback(TrainerCallback):
     """At each evaluation: one line with loss, perplexity, learning rate and tokens/s, then samples."""
 
-    def __init__(self, cfg: Config, tokenizer, tokens_per_step: int, output_dir: pathlib.Path):
+    def __init__(self, cfg: Config, tokenizer, tokens_per_step: int | None, output_dir: pathlib.Path):
+        """`tokens_per_step`: fixed for packed text blocks; None counts the Trainer's `num_input_tokens_seen`."""
         self.cfg, self.tokenizer, self.tokens_per_step = cfg, tokenizer, tokens_per_step
         self.samples_path = output_dir / "samples.jsonl"
-        self.last_time, self.first_step, self.lr = None, 0, None
+        self.last_time, self.first_step, self.first_tokens, self.lr = None, 0, 0, None
         self.train_seconds = 0.0  # time in training steps only (evaluations, samples and saves excluded)
 
     def on_train_begin(self, args, state, control, **kw):
         self.last_time, self.first_step = time.perf_counter(), state.global_step
+        self.first_tokens = state.num_input_tokens_seen or 0
 
     def on_step_end(self, args, state, control, **kw):
         now = time.perf_counter()
@@ -46,10 +48,10 @@ class FeedbackCallback(TrainerCallback):
         if state.is_world_process_zero and metrics:
             tps = self.throughput(state)
             lr = f"{self.lr:.2e}" if self.lr is not None else "-"
+            bpc = f"bpc {metrics['eval_bits_per_char']:.3f} | " if "eval_bits_per_char" in metrics else ""
             line = (
                 f"step {state.global_step}/{state.max_steps} | eval loss {metrics['eval_loss']:.4f} | "
-                f"ppl {metrics.get('eval_perplexity', float('nan')):.2f} | "
-                f"bpc {metrics.get('eval_bits_per_char', float('nan')):.3f} | lr {lr} | {tps:,.0f} tok/s"
+                f"ppl {metrics.get('eval_perplexity', float('nan')):.2f} | {bpc}lr {lr} | {tps:,.0f} tok/s"
             )
             print(line, file=sys.stderr, flush=True)
             if model is not None and self.cfg.sample.prompts and self.cfg.sample.max_new_tokens > 0:
@@ -60,15 +62,26 @@ class FeedbackCallback(TrainerCallback):
         from ..generate import generate_texts
 
         with training_rng_untouched():
-            texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg))
+            texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg),
+                                   chat=self.cfg.data.format == "instruct")
         with self.samples_path.open("a") as f:
             for prompt, text in zip(self.cfg.sample.prompts, texts):
                 print(f"--- sample at step {step} | prompt {prompt!r}\n{prompt}{text}", file=sys.stderr, flush=True)
                 f.write(json.dumps({"step": step, "prompt": prompt, "text": text}) + "\n")
 
+    def tokens(self, state) -> int:
+        """Tokens trained on so far, this run's and earlier sessions' (a resumed run's)."""
+        if self.tokens_per_step is None:
+            return int(state.num_input_tokens_seen or 0)
+        return state.global_step * self.tokens_per_step
+
     def throughput(self, state) -> float:
-        steps = state.global_step - self.first_step  # this process's steps only (a resumed run started later)
-        return steps * self.tokens_per_step / self.train_seconds if self.train_seconds > 0 else 0.0
+        """Tokens/s of the steps this process trained (a resumed run started later), training time only."""
+        if self.tokens_per_step is None:
+            seen = (state.num_input_tokens_seen or 0) - self.first_tokens
+        else:
+            seen = (state.global_step - self.first_step) * self.tokens_per_step
+        return seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
 @contextlib.contextmanager

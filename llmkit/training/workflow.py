@@ -8,7 +8,7 @@ import pathlib
 import torch
 
 from ..config import Config, ConfigError, first_line
-from ..data import BlockCollator, prepare_data
+from ..data import prepare_data
 from ..data import summary as data_summary
 from ..models import build_config
 from ..models.factory import model_from_config
@@ -32,6 +32,10 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         check_model_settings(cfg)  # bad model and LoRA settings fail before any data work
     if cfg.lora is not None:
         check_lora_settings(cfg)
+    if cfg.distill is not None:
+        from .distill import check_tokenizers
+
+        check_tokenizers(cfg)  # a missing teacher, or one with another tokenizer, fails now
     with state.main_process_first():  # one process tokenizes; the others then hit the cache
         data = prepare_data(cfg, log=log if state.is_main_process else _quiet)
     if state.is_main_process:
@@ -56,7 +60,9 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         log(f"model {model.config.model_type}: {n_params / 1e6:.2f}M parameters; writing to {out}")
 
     world = max(1, state.num_processes)
-    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * cfg.block_size
+    tokens_per_step = None  # instruction batches vary: counted by the Trainer (num_input_tokens_seen)
+    if cfg.data.format == "text":
+        tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * cfg.block_size
     feedback = FeedbackCallback(cfg, tokenizer, tokens_per_step, out)
     callbacks = [feedback, *(callbacks or [])]
     patience = cfg.training.get("early_stopping_patience")
@@ -67,15 +73,21 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
 
     val_chars = data.meta.get("val_chars") or 0
     val_tokens = data.meta.get("val_tokens") or 0
-    trainer = LlmkitTrainer(
+    trainer_cls, extra = LlmkitTrainer, {}
+    if cfg.distill is not None:
+        from .distill import DistillationTrainer, load_teacher
+
+        trainer_cls, extra = DistillationTrainer, {"teacher": load_teacher(cfg, tokenizer), "distill": cfg.distill}
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=BlockCollator(),
+        data_collator=data.collator(),
         processing_class=tokenizer,
         callbacks=callbacks,
         tokens_per_char=val_tokens / val_chars if val_chars else None,
+        **extra,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     evaluation = final_eval(trainer) if eval_ds is not None else {}
@@ -87,7 +99,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         "global_step": trainer.state.global_step,
         "train_runtime": result.metrics.get("train_runtime"),
         "train_tokens_per_second": feedback.throughput(trainer.state),
-        "train_tokens": trainer.state.global_step * tokens_per_step,
+        "train_tokens": feedback.tokens(trainer.state),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": trainable,
         "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
