@@ -1,138 +1,187 @@
-"""Data preparation speed: llmkit's prepare_data vs the run_clm.py recipe, on tinyshakespeare, in one run.
+"""Data preparation at scale: llmkit's prepare vs the raw tokenizer and the run_clm.py recipe, MB/s and peak memory.
 
-Both sides use the same BPE tokenizer (vocab 4096), trained once by llmkit and saved; its training time is
-reported on its own row. Timed per run, each from a cold cache (a fresh folder):
-- llmkit: `prepare_data` with tokenizer.kind=pretrained (segmenting, the seeded split, tokenization with
-  `Dataset.map`, writing train.bin/val.bin) plus the block view of block 64;
-- run_clm.py: `load_dataset("text", keep_linebreaks=True)` (one row per line), `map(tokenize, batched=True)`,
-  then `map(group_texts, batched=True)` into blocks of 64, with the same num_proc.
-Prints MB/s (of the UTF-8 corpus) and llmkit's speedup, and writes benchmarks/results/data_prep.json.
+Corpora of 100 MB and 1 GB are built from tinyshakespeare with its lines shuffled (`--sizes`, in MB). Every
+candidate uses the same byte-level BPE (vocab 4096, trained on tinyshakespeare) and runs in its own process, so
+its peak resident memory (ru_maxrss) is its own:
+- raw `tokenizers` `encode_batch` (and `encode_batch_fast`, which skips character offsets) over the whole file
+  read into memory, in batches of 1024 lines-chunks of ~2 KB: the tokenizer's own speed, the ceiling;
+- `llmkit prepare` (the corpus hashed, split, tokenized and written to train.bin/val.bin), with the Rust
+  tokenizer's threads (num_proc 1) and with `data.num_proc` worker processes instead (2), and on one core
+  (num_proc 1, TOKENIZERS_PARALLELISM=false), to show the scaling;
+- the run_clm.py way (`load_dataset("text")`, `map(tokenize)`, `map(group_texts)`, num_proc 2), at the smallest
+  size only (it runs at a fraction of a MB/s: an hour per GB here);
+- streaming training (`data.streaming=true`) on the largest corpus: seconds from start to the first step, and
+  peak memory over 20 steps.
+Writes benchmarks/results/data_prep.json.
 
-    python benchmarks/data_prep.py [--repeats 3] [--num-proc 1 2] [--tokenizers-parallelism false]
+    python benchmarks/data_prep.py [--sizes 100 1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
+import random
+import subprocess
+import sys
 import tempfile
 import time
 from itertools import chain
 
-from _common import SHAKESPEARE, report
+from _common import SHAKESPEARE, print_table, report
 
-BLOCK = 64
+REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 4096
+BLOCK = 256
 
 
-def quiet(*_args, **_kwargs):
-    pass
+def build_corpus(path: pathlib.Path, mb: int) -> pathlib.Path:
+    lines = SHAKESPEARE.read_text().split("\n")
+    rng = random.Random(0)
+    written = 0
+    with path.open("w") as f:
+        while written < mb * 2**20:
+            rng.shuffle(lines)
+            text = "\n".join(lines) + "\n"
+            f.write(text)
+            written += len(text.encode())
+    return path
 
 
-def llmkit_prepare(tokenizer_dir: pathlib.Path, work: pathlib.Path, num_proc: int) -> int:
+# ---- the candidates, each run as `python data_prep.py --worker NAME CORPUS TOKENIZER WORK` ----
+
+def raw(corpus, tokenizer, work, fast=False):
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(pathlib.Path(tokenizer) / "tokenizer.json"))
+    lines = pathlib.Path(corpus).read_text().split("\n")
+    chunks = ["\n".join(lines[i : i + 40]) + "\n" for i in range(0, len(lines), 40)]
+    encode = backend.encode_batch_fast if fast else backend.encode_batch
+    return sum(len(e.ids) for i in range(0, len(chunks), 1024) for e in encode(chunks[i : i + 1024],
+                                                                                add_special_tokens=False))
+
+
+def llmkit(corpus, tokenizer, work, num_proc=1):
     from llmkit.config import load_config
     from llmkit.data import prepare_data
 
-    cfg = load_config(None, [
-        f"data.source={SHAKESPEARE}",
-        "tokenizer.kind=pretrained",
-        f"tokenizer.name_or_path={tokenizer_dir}",
-        f"data.cache_dir={work / 'llmkit_cache'}",
-        f"data.num_proc={num_proc}",
-        f"data.block_size={BLOCK}",
-    ])
-    data = prepare_data(cfg, log=quiet)
-    assert not data.cache_hit
-    blocks = data.train_dataset(BLOCK)
-    blocks[len(blocks) - 1]  # the last block is readable
+    cfg = load_config(None, [f"data.source={corpus}", "tokenizer.kind=pretrained", f"tokenizer.name_or_path={tokenizer}",
+                             f"data.cache_dir={pathlib.Path(work) / 'cache'}", f"data.num_proc={num_proc}",
+                             f"data.block_size={BLOCK}"])
+    data = prepare_data(cfg, log=lambda *a: None)
     return data.meta["train_tokens"] + data.meta["val_tokens"]
 
 
-def run_clm_prepare(tokenizer_dir: pathlib.Path, work: pathlib.Path, num_proc: int) -> int:
+def run_clm(corpus, tokenizer, work, num_proc=2):
     """transformers/examples/pytorch/language-modeling/run_clm.py's data path, with its defaults."""
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    raw = load_dataset("text", data_files={"train": str(SHAKESPEARE)}, split="train", keep_linebreaks=True,
-                       cache_dir=str(work / "hf_cache"))
-
-    def tokenize_function(examples):
-        return tokenizer(examples["text"])
-
-    tokenized = raw.map(tokenize_function, batched=True, num_proc=num_proc if num_proc > 1 else None,
-                        remove_columns=["text"])
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    raw_ds = load_dataset("text", data_files={"train": str(corpus)}, split="train", keep_linebreaks=True,
+                          cache_dir=str(pathlib.Path(work) / "hf_cache"))
+    tokenized = raw_ds.map(lambda ex: tok(ex["text"]), batched=True, num_proc=num_proc, remove_columns=["text"])
 
     def group_texts(examples):
         concatenated = {k: list(chain(*examples[k])) for k in examples}
-        total_length = len(concatenated[next(iter(examples))])
-        total_length = (total_length // BLOCK) * BLOCK
-        result = {k: [t[i : i + BLOCK] for i in range(0, total_length, BLOCK)] for k, t in concatenated.items()}
-        result["labels"] = result["input_ids"].copy()
-        return result
+        total = (len(concatenated["input_ids"]) // BLOCK) * BLOCK
+        return {k: [t[i : i + BLOCK] for i in range(0, total, BLOCK)] for k, t in concatenated.items()}
 
-    grouped = tokenized.map(group_texts, batched=True, num_proc=num_proc if num_proc > 1 else None)
-    grouped[len(grouped) - 1]
-    return sum(len(ids) for ids in tokenized["input_ids"])
+    grouped = tokenized.map(group_texts, batched=True, num_proc=num_proc)
+    return len(grouped) * BLOCK
+
+
+def streaming_first_step(corpus, tokenizer, work):
+    from transformers import TrainerCallback
+
+    from llmkit.config import load_config
+    from llmkit.training import train
+
+    first = {}
+
+    class First(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            first.setdefault("seconds", time.perf_counter() - START)
+
+    cfg = load_config(None, [f"data.source={corpus}", "data.streaming=true", "tokenizer.kind=pretrained",
+                             f"tokenizer.name_or_path={tokenizer}", "data.val_ratio=0", "model.n_positions=256",
+                             "training.max_steps=20", "training.per_device_train_batch_size=8",
+                             "training.report_to=none", "training.disable_tqdm=true", "sample.max_new_tokens=0"])
+    train(cfg, output_dir=str(pathlib.Path(work) / "run"), log=lambda *a: None, callbacks=[First()])
+    return first["seconds"]
+
+
+START = time.perf_counter()
+WORKERS = {
+    "raw encode_batch": (raw, {}),
+    "raw encode_batch_fast": (raw, {"fast": True}),
+    "llmkit prepare (num_proc 1, tokenizer threads)": (llmkit, {"num_proc": 1}),
+    "llmkit prepare (num_proc 2 processes)": (llmkit, {"num_proc": 2}),
+    "llmkit prepare (one core)": (llmkit, {"num_proc": 1}),
+    "run_clm.py way (num_proc 2)": (run_clm, {"num_proc": 2}),
+    "streaming training: first step": (streaming_first_step, {}),
+}
+
+
+def run(name: str, corpus: pathlib.Path, tokenizer: pathlib.Path, work: pathlib.Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+               TOKENIZERS_PARALLELISM="false" if "one core" in name or "processes" in name else "true")
+    out = work / "result.json"
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", name, str(corpus), str(tokenizer), str(work)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(work / "log.txt", "w"))
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{name} failed: see {work / 'log.txt'}")
+    return {"value": json.loads(out.read_text())["value"], "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="cold runs per candidate (the median is kept)")
-    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--tokenizers-parallelism", default="false", choices=["true", "false"],
-                        help="the Rust tokenizer's own threads; false makes num_proc the only parallelism")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="corpus sizes in MB")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        name, corpus, tokenizer, work = args.worker
+        fn, kwargs = WORKERS[name]
+        value = fn(corpus, tokenizer, work, **kwargs)
+        (pathlib.Path(work) / "result.json").write_text(json.dumps({"value": value}))
+        return
     if not SHAKESPEARE.exists():
-        raise SystemExit(f"{SHAKESPEARE} is missing: the benchmark reads ../shared/data/tinyshakespeare.txt")
-    os.environ["TOKENIZERS_PARALLELISM"] = args.tokenizers_parallelism
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-    import datasets
-
+        raise SystemExit(f"{SHAKESPEARE} is missing: the benchmark builds its corpora from tinyshakespeare")
     from llmkit.tokenizers import train_tokenizer
 
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    text = SHAKESPEARE.read_text(encoding="utf-8")
-    mb = len(text.encode()) / 1e6
-
-    with tempfile.TemporaryDirectory(prefix="llmkit-bench-") as tmp:
-        root = pathlib.Path(tmp)
-        start = time.perf_counter()
-        tokenizer = train_tokenizer("bpe", [text], VOCAB)
-        train_s = time.perf_counter() - start
-        tokenizer_dir = root / "tokenizer"
-        tokenizer.save_pretrained(tokenizer_dir)
-
-        candidates = []
-        for n in args.num_proc:
-            candidates.append(("run_clm.py (load_dataset text + map + group_texts)", n, run_clm_prepare))
-            candidates.append(("llmkit prepare_data", n, llmkit_prepare))
-        times = {(name, n): [] for name, n, _ in candidates}
-        tokens = {}
-        # Interleave rounds so that machine noise hits every candidate alike; a fresh cache folder each run.
-        for r in range(args.repeats):
-            for name, n, fn in candidates:
-                work = root / f"run-{r}-{n}-{fn.__name__}"
-                start = time.perf_counter()
-                tokens[(name, n)] = fn(tokenizer_dir, work, n)
-                times[(name, n)].append(time.perf_counter() - start)
-
-    rows = [{"method": f"BPE training (vocab {VOCAB}, once)", "num_proc": 1, "seconds": train_s,
-             "MB_per_s": mb / train_s, "tokens": "-", "speedup": "-"}]
-    for name, n, _ in candidates:
-        seconds = sorted(times[(name, n)])[len(times[(name, n)]) // 2]
-        baseline = sorted(times[(candidates[0][0], n)])[len(times[(candidates[0][0], n)]) // 2]
-        rows.append({"method": name, "num_proc": n, "seconds": seconds, "MB_per_s": mb / seconds,
-                     "tokens": tokens[(name, n)], "speedup": f"{baseline / seconds:.2f}x"})
-    report("data_prep", rows, {
-        "corpus": SHAKESPEARE.name, "corpus_mb": mb, "block_size": BLOCK, "vocab_size": VOCAB,
-        "repeats": args.repeats, "tokenizers_parallelism": args.tokenizers_parallelism,
-        "all_seconds": {f"{name} | num_proc={n}": t for (name, n), t in times.items()},
-    })
+    root = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-data-bench-"))
+    tokenizer = root / "tokenizer"
+    train_tokenizer("bpe", [SHAKESPEARE.read_text()], VOCAB).save_pretrained(tokenizer)
+    rows = []
+    for mb in args.sizes:
+        corpus = build_corpus(root / f"corpus-{mb}MB.txt", mb)
+        size = corpus.stat().st_size / 2**20
+        names = [n for n in WORKERS if "streaming" not in n and ("run_clm" not in n or mb == min(args.sizes))]
+        if mb == max(args.sizes):
+            names.append("streaming training: first step")
+        for name in names:
+            work = root / f"{mb}-{len(rows)}"
+            work.mkdir()
+            r = run(name, corpus, tokenizer, work)
+            row = {"corpus_MB": round(size), "method": name, "seconds": r["seconds"],
+                   "MB_per_s": size / r["seconds"], "peak_rss_MB": round(r["peak_rss_mb"])}
+            if "streaming" in name:
+                row.update(seconds=r["value"], MB_per_s="-")
+            rows.append(row)
+            print_table([row])
+        corpus.unlink()
+    for size in {r["corpus_MB"] for r in rows}:
+        group = [r for r in rows if r["corpus_MB"] == size]
+        raw_mb_s = next(r["MB_per_s"] for r in group if r["method"] == "raw encode_batch")
+        for r in group:
+            r["vs_raw_encode_batch"] = f"{r['MB_per_s'] / raw_mb_s:.2f}x" if r["MB_per_s"] != "-" else "-"
+    print()
+    report("data_prep", rows, extra={"vocab_size": VOCAB, "block_size": BLOCK})
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) is not None and ("=" in args.config or not args.config):
         args.overrides = ([args.config] if args.config else []) + args.overrides  # no config file, only overrides
         args.config = None
-    from .config import ConfigError, first_line
+    from .config import ConfigError, RunError, first_line
     from .data import DataError
 
     quiet_library_output()
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmkit: interrupted", file=sys.stderr)
         return 130
+    except RunError as err:  # a run that cannot go on for a reason outside the input: one line, exit 1
+        print(f"llmkit: error: {err}", file=sys.stderr)
+        return 1
 
 
 def quiet_library_output() -> None:

@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     """A bad setting: the message names the key and the fix."""
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside the user's input (a lost process, ...): one line, exit 1."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of a library's error message (its type name when the message is empty), for one-line errors."""
     text = str(err).strip()
@@ -72,6 +76,7 @@ class TokenizerConfig:
     name_or_path: str | None = None  # for kind=pretrained (default: model.from_pretrained)
     min_frequency: int = 1
     lowercase: bool = True  # word level only
+    sample_chars: int | None = 100_000_000  # bpe/word: learn from at most this much text, spread over the corpus
 
 
 @dataclass

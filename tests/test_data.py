@@ -507,3 +507,35 @@ def test_streaming_tokenizer_follows_the_file_content_and_no_val_ratio_means_no_
     path.write_text("xyz xyz xyz\n" * 60)  # same path, new content: a new tokenizer, not the cached one
     second = char_data(tmp_path, path, "data.streaming=true", "data.val_ratio=0")
     assert "x" in second.tokenizer.get_vocab() and "a" not in second.tokenizer.get_vocab()
+
+
+def test_prepare_memory_stays_flat_as_the_corpus_grows(tmp_path, shakespeare_path):
+    """`llmkit prepare` streams: 8x the text, the same peak memory (within 15%). Each size runs in its own process
+    (peak RSS is per process); the corpora are tinyshakespeare's lines shuffled, 6 MB and 48 MB."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    from llmkit.tokenizers import train_tokenizer
+
+    train_tokenizer("bpe", [shakespeare_path.read_text()], 1024).save_pretrained(tmp_path / "tok")
+    lines = shakespeare_path.read_text().split("\n")
+    rng = random.Random(0)
+    peaks = {}
+    for mb in (6, 48):
+        corpus = tmp_path / f"c{mb}.txt"
+        with corpus.open("w") as f:
+            while f.tell() < mb * 2**20:
+                rng.shuffle(lines)
+                f.write("\n".join(lines) + "\n")
+        proc = subprocess.Popen([sys.executable, "-m", "llmkit.cli", "prepare", f"data.source={corpus}",
+                                 "tokenizer.kind=pretrained", f"tokenizer.name_or_path={tmp_path / 'tok'}",
+                                 f"data.cache_dir={tmp_path / 'cache'}"], env=subprocess_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert status == 0, proc.stderr.read().decode()[-3000:]
+        peaks[mb] = usage.ru_maxrss
+    assert peaks[48] < 1.15 * peaks[6], peaks

@@ -22,8 +22,12 @@ def looks_like_metadata(line: str) -> bool:
     return len(s) < 4 or s.startswith("***") or (s.isupper() and len(s) < 40)
 
 
+def is_active(cfg: CleanConfig) -> bool:
+    return any((cfg.drop_metadata_lines, cfg.collapse_blank_lines, cfg.min_words, cfg.max_words, cfg.dedup))
+
+
 def clean_documents(documents: Iterator[str], cfg: CleanConfig) -> Iterator[str]:
-    if not any((cfg.drop_metadata_lines, cfg.collapse_blank_lines, cfg.min_words, cfg.max_words, cfg.dedup)):
+    if not is_active(cfg):
         yield from documents
         return
     seen: set[bytes] = set()

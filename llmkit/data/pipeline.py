@@ -1,8 +1,12 @@
 """From a config's `tokenizer` and `data` sections to token streams on disk and the datasets training reads.
 
 Design choices:
-- Tokenization is `datasets.Dataset.map(batched=True, num_proc=...)` over ~2 KB segments (see `sources`), with
-  the fast tokenizer's batch encoder. EOS ends every document.
+- Preparing streams: one pass hashes the sources (the cache key) and measures them, a second feeds a new
+  tokenizer (BPE and word vocabularies from at most `tokenizer.sample_chars`, spread over the corpus), a third
+  tokenizes ~2 KB segments (see `sources`: files are read in chunks) in batches with the fast tokenizer's Rust
+  batch encoder, or `data.num_proc` worker processes, appending tokens to disk as they come: no pass holds the
+  corpus in memory, and tokenizing runs at the batch encoder's own speed (benchmarks/data_prep.py). EOS ends every
+  document. Structured sources (jsonl/csv/parquet, Hub datasets) are read with `datasets`.
 - The cache holds each split's token stream as a flat binary file (nanoGPT's train.bin: uint16 when the
   vocabulary fits, else uint32), memory-mapped when read, beside the tokenizer that produced it. Its key
   hashes the corpus content, the tokenizer's content and every setting that changes the stream (split,
@@ -30,18 +34,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import IterableDataset
 
 from ..config import Config, ConfigError, first_line
 from ..tokenizers import load_tokenizer, tokenizer_hash, train_tokenizer
-from .clean import clean_documents
 from .sources import (
     DataError,
     Segment,
     cache_root,
     in_validation,
-    iter_documents,
-    segments,
+    iter_segments,
     source_fingerprint,
 )
 
@@ -174,41 +176,59 @@ def validate_data_config(cfg: Config) -> None:
         raise ConfigError("data.val_split=tail needs the corpus length; in streaming mode use random or val_source")
 
 
-def _documents(cfg: Config, source: str) -> Iterator[str]:
+def _segments(cfg: Config, source: str) -> Iterator[Segment]:
     d = cfg.data
-    docs = iter_documents(
-        source,
-        text_field=d.text_field,
-        errors=d.errors,
-        hub_config=d.hub_config,
-        hub_split=d.hub_split,
-        streaming=d.streaming,
-    )
-    return clean_documents(docs, d.clean)
+    return iter_segments(source, clean=d.clean, text_field=d.text_field, errors=d.errors, hub_config=d.hub_config,
+                         hub_split=d.hub_split, streaming=d.streaming)
 
 
-def split_segments(cfg: Config) -> Iterator[tuple[str, Segment]]:
-    """Yield (split, segment) in corpus order: train source first, then the validation source if any."""
+def split_segments(cfg: Config, train_chars: int | None = None) -> Iterator[tuple[str, Segment]]:
+    """Yield (split, segment) in corpus order: train source first, then the validation source if any.
+
+    `data.val_split: tail` (nanoGPT's split: the last `val_ratio` of the characters, whole segments, is validation)
+    needs the source's length in characters, `train_chars` (from `scan`)."""
     d = cfg.data
-    for i, seg in enumerate(segments(_documents(cfg, d.source))):
+    tail = d.val_split == "tail" and not d.val_source and d.val_ratio > 0
+    if tail and train_chars is None:
+        raise ValueError("a tail split needs the corpus length: pass train_chars (see scan)")
+    done = 0
+    for i, seg in enumerate(_segments(cfg, d.source)):
+        done += len(seg.text)
         if d.val_source or d.val_ratio == 0:
             yield "train", seg
+        elif tail:  # validation once what follows this segment is under val_ratio of the whole
+            yield ("validation" if train_chars - done < d.val_ratio * train_chars else "train"), seg
         else:
             yield ("validation" if in_validation(i, d.val_ratio, d.seed) else "train"), seg
     if d.val_source:
-        for seg in segments(_documents(cfg, d.val_source)):
+        for seg in _segments(cfg, d.val_source):
             yield "validation", seg
 
 
-def _tail_split(pairs: list[tuple[str, Segment]], ratio: float) -> list[tuple[str, Segment]]:
-    """nanoGPT's split: the last `ratio` of the characters (whole segments) is validation."""
-    total = sum(len(s.text) for _, s in pairs)
-    out, acc = [], 0
-    for _, seg in reversed(pairs):
-        split = "validation" if acc < ratio * total else "train"
-        acc += len(seg.text)
-        out.append((split, seg))
-    return out[::-1]
+@dataclass
+class Scan:
+    """One streaming pass over the sources: their content hash and size, without holding the text."""
+
+    fingerprint: str
+    train_chars: int  # of data.source
+    chars: int  # of every source
+    has_text: bool
+
+
+def scan(cfg: Config) -> Scan:
+    d = cfg.data
+    h = hashlib.sha256()
+    sizes, has_text = [], False
+    for source in filter(None, (d.source, d.val_source)):
+        total = 0
+        h.update(f"source\0{len(sizes)}\0".encode())
+        for seg in _segments(cfg, source):
+            h.update(f"{int(seg.doc_end)}\0{len(seg.text)}\0".encode())
+            h.update(seg.text.encode())
+            total += len(seg.text)
+            has_text = has_text or not seg.text.isspace()
+        sizes.append(total)
+    return Scan(h.hexdigest(), sizes[0], sum(sizes), has_text)
 
 
 def _tokenize_batch(tokenizer):
@@ -249,7 +269,8 @@ def _settings_key(cfg: Config) -> dict:
 
 def _tokenizer_settings(cfg: Config) -> dict:
     t = cfg.tokenizer
-    return {"kind": t.kind, "vocab_size": t.vocab_size, "min_frequency": t.min_frequency, "lowercase": t.lowercase}
+    return {"kind": t.kind, "vocab_size": t.vocab_size, "min_frequency": t.min_frequency, "lowercase": t.lowercase,
+            "sample_chars": t.sample_chars if t.kind != "char" else None}
 
 
 def _atomic_dir(final: pathlib.Path) -> pathlib.Path:
@@ -304,6 +325,25 @@ def _vocabulary_splits(cfg: Config) -> tuple[str, ...]:
     return ("train", "validation") if cfg.tokenizer.kind == "char" else ("train",)
 
 
+def _vocabulary_texts(cfg: Config, plan: Scan | None = None) -> Iterator[str]:
+    """The texts a new tokenizer learns from: every segment of `_vocabulary_splits`, except that BPE and word
+    vocabularies of a corpus larger than `tokenizer.sample_chars` learn from every k-th training segment (spread
+    over the whole corpus; in streaming mode, whose length is unknown, the first `sample_chars`)."""
+    learn_from = _vocabulary_splits(cfg)
+    budget = cfg.tokenizer.sample_chars if cfg.tokenizer.kind != "char" else None
+    every = 1
+    if budget and plan is not None and plan.train_chars > budget:
+        every = -(-plan.train_chars // budget)
+    taken = 0
+    for i, (split, seg) in enumerate(split_segments(cfg, plan.train_chars if plan else None)):
+        if split not in learn_from or i % every:
+            continue
+        if budget and plan is None and taken >= budget:
+            return
+        taken += len(seg.text)
+        yield seg.text
+
+
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -328,21 +368,11 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
         data.meta["seconds"] = time.perf_counter() - start
         return data
 
-    pairs = list(split_segments(cfg))
-    if cfg.data.val_split == "tail" and not cfg.data.val_source and cfg.data.val_ratio > 0:
-        pairs = _tail_split(pairs, cfg.data.val_ratio)
-    if not any(seg.text.strip() for _, seg in pairs):
+    plan = scan(cfg)
+    if not plan.has_text:
         raise DataError(f"data.source {cfg.data.source!r}: no text left (after cleaning); check the files")
-    fp = hashlib.sha256()
-    for split, seg in pairs:
-        fp.update(f"{split}\0{int(seg.doc_end)}\0{len(seg.text)}\0".encode())
-        fp.update(seg.text.encode())
-    corpus_fp = fp.hexdigest()
-
-    learn_from = _vocabulary_splits(cfg)
-    tokenizer = _get_tokenizer(
-        cfg, corpus_fp, lambda: (s.text for split, s in pairs if split in learn_from), cache_root, log
-    )
+    corpus_fp = plan.fingerprint
+    tokenizer = _get_tokenizer(cfg, corpus_fp, lambda: _vocabulary_texts(cfg, plan), cache_root, log)
     tok_hash = tokenizer_hash(tokenizer)
     key = _hash({"corpus": corpus_fp, "tokenizer": tok_hash, **_settings_key(cfg)})
     folder = cache_root / key
@@ -352,7 +382,7 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
     else:
         tmp = _atomic_dir(folder)
         try:
-            meta = _tokenize_to(tmp, pairs, tokenizer, cfg, log)
+            meta = _tokenize_to(tmp, plan, tokenizer, cfg, log)
             meta.update(corpus_fingerprint=corpus_fp, tokenizer_hash=tok_hash, settings=_settings_key(cfg))
             tokenizer.save_pretrained(tmp / "tokenizer")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the entry complete
@@ -374,31 +404,75 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
     return data
 
 
-def _tokenize_to(folder: pathlib.Path, pairs, tokenizer, cfg: Config, log) -> dict:
+def _tokenize_to(folder: pathlib.Path, plan: Scan, tokenizer, cfg: Config, log) -> dict:
+    """Tokenize the segments of both splits, streaming: batches of segments go through the fast tokenizer's batch
+    encoder (its own threads) or, with `data.num_proc` > 1, through that many worker processes, and the tokens
+    are appended to train.bin / val.bin as they come, so memory stays flat however large the corpus."""
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id}
-    for split, filename in (("train", "train.bin"), ("validation", "val.bin")):
-        rows = [seg for s, seg in pairs if s == split]
-        prefix = "train" if split == "train" else "val"
-        meta[f"{prefix}_chars"] = sum(len(seg.text) for seg in rows)
-        meta[f"{prefix}_bytes"] = sum(len(seg.text.encode()) for seg in rows)
-        if not rows:
-            meta[f"{prefix}_tokens"] = 0
-            continue
-        ds = Dataset.from_dict({"text": [s.text for s in rows], "doc_end": [s.doc_end for s in rows]})
-        num_proc = min(cfg.data.num_proc, len(rows))
-        ds = ds.map(
-            _tokenize_batch(tokenizer),
-            batched=True,
-            batch_size=64,
-            num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=["text", "doc_end"],
-            desc=f"tokenizing {split}",
-        )
-        flat = ds.data.column("input_ids").combine_chunks().flatten().to_numpy()
-        flat.astype(dtype).tofile(folder / filename)
-        meta[f"{prefix}_tokens"] = int(len(flat))
+    counts = {split: {"chars": 0, "bytes": 0, "tokens": 0} for split in ("train", "val")}
+    files = {"train": (folder / "train.bin").open("wb"), "val": (folder / "val.bin").open("wb")}
+    encode = _Encoder(tokenizer, dtype)
+    pool = None
+    if cfg.data.num_proc > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(cfg.data.num_proc, initializer=_single_threaded)
+    try:
+        batches = _batches(split_segments(cfg, plan.train_chars), counts)
+        results = pool.imap(encode, batches, chunksize=1) if pool else map(encode, batches)
+        for split, tokens in results:
+            files[split].write(tokens.tobytes())
+            counts[split]["tokens"] += len(tokens)
+    finally:
+        for f in files.values():
+            f.close()
+        if pool is not None:
+            pool.terminate()
+    for split, c in counts.items():
+        meta.update({f"{split}_{k}": v for k, v in c.items()})
     return meta
+
+
+def _batches(pairs, counts: dict, size: int = 1024) -> Iterator[tuple[str, list[str], list[bool]]]:
+    """Consecutive segments of one split, `size` at a time (counting their characters and bytes on the way)."""
+    split, texts, ends = None, [], []
+    for s, seg in pairs:
+        s = "train" if s == "train" else "val"
+        if texts and (s != split or len(texts) == size):
+            yield split, texts, ends
+            texts, ends = [], []
+        split = s
+        texts.append(seg.text)
+        ends.append(seg.doc_end)
+        counts[s]["chars"] += len(seg.text)
+        counts[s]["bytes"] += len(seg.text.encode())
+    if texts:
+        yield split, texts, ends
+
+
+def _single_threaded() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker per core: no thread pool inside each
+
+
+class _Encoder:
+    """(split, segments, doc ends) -> (split, token array with an EOS after every document's last segment).
+    Picklable, for worker processes."""
+
+    def __init__(self, tokenizer, dtype):
+        self.tokenizer, self.dtype = tokenizer, dtype
+
+    def __call__(self, batch):
+        split, texts, ends = batch
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        eos = self.tokenizer.eos_token_id
+        if backend is not None:  # the Rust batch encoder; without character offsets when it can
+            fast = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            ids = [e.ids for e in fast(texts, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        pieces = [np.asarray(x + [eos] if end else x, dtype=self.dtype) for x, end in zip(ids, ends)]
+        return split, np.concatenate(pieces) if pieces else np.zeros(0, self.dtype)
 
 
 def check_enough_tokens(data: PreparedData, cfg: Config) -> None:
@@ -419,10 +493,7 @@ def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedDa
         d = cfg.data
         fp = _hash({"streaming": source_fingerprint(d.source), "val": source_fingerprint(d.val_source),
                     "hub": [d.hub_config, d.hub_split], **_settings_key(cfg)})
-        learn_from = _vocabulary_splits(cfg)
-        tokenizer = _get_tokenizer(
-            cfg, fp, lambda: (seg.text for s, seg in split_segments(cfg) if s in learn_from), cache_root, log
-        )
+        tokenizer = _get_tokenizer(cfg, fp, lambda: _vocabulary_texts(cfg), cache_root, log)
     meta = {"vocab_size": len(tokenizer), "streaming": True, "eos_token_id": tokenizer.eos_token_id}
     return PreparedData(tokenizer, None, None, meta, stream={"cfg": cfg, "tokenizer": tokenizer})
 

@@ -167,6 +167,71 @@ def iter_documents(
             yield _read_text(file, errors)
 
 
+def iter_segments(source: str, *, clean=None, text_field: str = "text", errors: str = "strict",
+                  hub_config: str | None = None, hub_split: str = "train", streaming: bool = False) -> Iterator[Segment]:
+    """The segments of `source`, in a fixed order. Plain text files are read in chunks (memory stays flat however
+    large the file), with exactly the cuts `segments()` makes on the whole document; cleaning works on whole
+    documents, so a cleaned source is read document by document."""
+    from .clean import clean_documents, is_active
+
+    local = source != "builtin" and is_local(source)
+    if (clean is None or not is_active(clean)) and local:
+        for file in resolve_files(source):
+            suffix = file.suffix.lower()
+            if suffix in TABLE_BUILDERS:
+                yield from segments(_table_documents(file, TABLE_BUILDERS[suffix], text_field, streaming))
+            else:
+                yield from _file_segments(file, errors)
+        return
+    docs = iter_documents(source, text_field=text_field, errors=errors, hub_config=hub_config, hub_split=hub_split,
+                          streaming=streaming)
+    yield from segments(clean_documents(docs, clean) if clean is not None else docs)
+
+
+CHUNK_BYTES = 8 * 2**20
+
+
+def _file_segments(file: pathlib.Path, errors: str, chunk: int = CHUNK_BYTES) -> Iterator[Segment]:
+    """`segments([file's text])`, read `chunk` bytes at a time: a cut needs the characters around it only, so a cut
+    found in the text read so far is the cut the whole document would get."""
+    import codecs
+
+    size = file.stat().st_size
+    if size == 0:
+        raise _empty(file)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    buffer, seen_text = "", False
+    with file.open("rb") as f:
+        while True:
+            data = f.read(chunk)
+            try:
+                buffer += decoder.decode(data, final=not data)
+            except UnicodeDecodeError:
+                _read_text(file, errors)  # the whole-file reader names the exact byte
+                raise
+            seen_text = seen_text or bool(buffer.strip())
+            if not data:
+                break
+            start = 0
+            while len(buffer) - start > SEGMENT_CHARS:
+                cut = _safe_cut(buffer, start + SEGMENT_CHARS, len(buffer))
+                if cut is None:
+                    break  # no safe cut in what was read: read on
+                yield Segment(buffer[start:cut], False)
+                start = cut
+            buffer = buffer[start:]
+    if not seen_text:
+        raise _empty(file)
+    n, start = len(buffer), 0
+    while n - start > SEGMENT_CHARS:
+        cut = _safe_cut(buffer, start + SEGMENT_CHARS, n)
+        if cut is None:
+            break
+        yield Segment(buffer[start:cut], False)
+        start = cut
+    yield Segment(buffer[start:], True)
+
+
 def _read_text(file: pathlib.Path, errors: str) -> str:
     data = file.read_bytes()
     if not data.strip():

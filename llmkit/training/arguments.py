@@ -44,6 +44,7 @@ def default_training_args(cfg: Config) -> dict:
         "logging_first_step": True,
         "report_to": _default_report_to(),
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,  # every parameter takes part in every step
         "dataloader_pin_memory": has_cuda,
         "seed": cfg.data.seed,
         **mixed_precision(),

@@ -45,7 +45,12 @@ class FeedbackCallback(TrainerCallback):
             self.lr = logs["learning_rate"]
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
-        if state.is_world_process_zero and metrics:
+        if not metrics:
+            return
+        scheduler = kw.get("lr_scheduler")
+        if scheduler is not None:
+            self.lr = scheduler.get_last_lr()[0]
+        if state.is_world_process_zero:
             tps = self.throughput(state)
             lr = f"{self.lr:.2e}" if self.lr is not None else "-"
             bpc = f"bpc {metrics['eval_bits_per_char']:.3f} | " if "eval_bits_per_char" in metrics else ""
@@ -54,16 +59,21 @@ class FeedbackCallback(TrainerCallback):
                 f"ppl {metrics.get('eval_perplexity', float('nan')):.2f} | {bpc}lr {lr} | {tps:,.0f} tok/s"
             )
             print(line, file=sys.stderr, flush=True)
-            if model is not None and self.cfg.sample.prompts and self.cfg.sample.max_new_tokens > 0:
-                self._samples(model, state.global_step)
+        # A sharded model (FSDP, DeepSpeed ZeRO-3) needs every process in each forward: all of them sample (the same
+        # seed gives the same text); otherwise the main process samples alone.
+        sampling = model is not None and self.cfg.sample.prompts and self.cfg.sample.max_new_tokens > 0
+        if sampling and (state.is_world_process_zero or is_sharded(model)):
+            self._samples(model, state.global_step, write=state.is_world_process_zero)
         self.last_time = time.perf_counter()
 
-    def _samples(self, model, step: int) -> None:
+    def _samples(self, model, step: int, write: bool = True) -> None:
         from ..generate import generate_texts
 
         with training_rng_untouched():
             texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg),
                                    chat=self.cfg.data.format == "instruct")
+        if not write:
+            return
         with self.samples_path.open("a") as f:
             for prompt, text in zip(self.cfg.sample.prompts, texts):
                 print(f"--- sample at step {step} | prompt {prompt!r}\n{prompt}{text}", file=sys.stderr, flush=True)
@@ -82,6 +92,14 @@ class FeedbackCallback(TrainerCallback):
         else:
             seen = (state.global_step - self.first_step) * self.tokens_per_step
         return seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def is_sharded(model) -> bool:
+    """True when each process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3)."""
+    from transformers.distributed.fsdp import is_fsdp_managed_module
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
 
 
 @contextlib.contextmanager

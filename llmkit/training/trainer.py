@@ -17,14 +17,15 @@ class LlmkitTrainer(Trainer):
         self._non_embedding_parameters: int | None = None
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        # nanoGPT's rule: matrices (and embeddings) decay; biases and every norm's weights do not.
-        return [name for name, p in model.named_parameters() if p.dim() >= 2]
+        # nanoGPT's rule: matrices (and embeddings) decay; biases and every norm's weights do not. The shape is the
+        # whole parameter's, also where a process holds a shard (FSDP2's DTensors, DeepSpeed ZeRO-3's ds_shape).
+        return [name for name, p in model.named_parameters() if len(getattr(p, "ds_shape", p.shape)) >= 2]
 
     def floating_point_ops(self, inputs: dict) -> int:
-        # Trainer's own version walks every module to count parameters at every step (about 1% of a small
-        # model's step on CPU); the count cannot change during a run, so it is taken once.
+        # 6 x tokens x non-embedding parameters (whole parameters, not one process's shard). Trainer's own version
+        # walks every module at every step (about 1% of a small model's step on CPU); the count is taken once.
         if self._non_embedding_parameters is None:
-            self._non_embedding_parameters = self.model.num_parameters(exclude_embeddings=True)
+            self._non_embedding_parameters = non_embedding_parameters(self.model)
         return 6 * inputs["input_ids"].numel() * self._non_embedding_parameters
 
     def _issue_warnings_after_load(self, load_result) -> None:
@@ -38,6 +39,16 @@ class LlmkitTrainer(Trainer):
         if "eval_loss" in logs:
             logs.update(perplexity_metrics(logs["eval_loss"], self.tokens_per_char, prefix="eval_"))
         super().log(logs, *args, **kwargs)
+
+
+def non_embedding_parameters(model) -> int:
+    from torch import nn
+
+    def numel(p) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return sum(numel(p) for p in model.parameters() if id(p) not in embedding)
 
 
 def perplexity_metrics(loss: float, tokens_per_char: float | None, prefix: str = "") -> dict:

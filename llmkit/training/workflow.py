@@ -7,7 +7,7 @@ import pathlib
 
 import torch
 
-from ..config import Config, ConfigError, first_line
+from ..config import Config, ConfigError, RunError, first_line
 from ..data import prepare_data
 from ..data import summary as data_summary
 from ..models import build_config
@@ -28,6 +28,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
 
     # the same device rule as the Trainer's arguments, so that launched processes agree from the start
     state = PartialState(cpu=bool(training_settings(cfg)[0].get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    check_launch(cfg, state)
     if cfg.model.from_pretrained is None:
         check_model_settings(cfg)  # bad model and LoRA settings fail before any data work
     if cfg.lora is not None:
@@ -89,7 +90,17 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         tokens_per_char=val_tokens / val_chars if val_chars else None,
         **extra,
     )
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except RuntimeError as err:
+        if state.num_processes > 1 and _is_lost_peer(err):
+            from .run_folder import last_complete_checkpoint
+
+            checkpoint = last_complete_checkpoint(out)
+            where = f"the last complete checkpoint is {checkpoint.name}" if checkpoint else "no checkpoint was complete"
+            raise RunError(f"process {state.process_index} lost contact with another training process "
+                           f"({_lost_peer_reason(err)}); {where}: start every process again with --resume") from None
+        raise
     evaluation = final_eval(trainer) if eval_ds is not None else {}
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -123,6 +134,57 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
 
 def _quiet(*args) -> None:
     pass
+
+
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "nccl error",
+              "gloo")
+
+
+def _is_lost_peer(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in _LOST_PEER)
+
+
+def _lost_peer_reason(err: BaseException) -> str:
+    text = str(err).lower()
+    return next((s for s in _LOST_PEER if s in text), "a collective operation failed")
+
+
+def check_launch(cfg: Config, state) -> None:
+    """Refuse at start, with one line, what a launch mode cannot do (never a hang or a silent fallback)."""
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
+    sharded = False
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        if state.distributed_type != DistributedType.FSDP:
+            raise ConfigError(
+                f"the launch asks for FSDP, but accelerate runs {state.distributed_type.value} here: it shards only on "
+                "GPUs and other accelerators, not on CPU (it would silently run plain data parallel); on CPUs "
+                "launch with configs/accelerate/ddp-cpu.yaml"
+            )
+        import os
+
+        if os.environ.get("FSDP_VERSION", "1") != "2":
+            raise ConfigError("llmkit runs FSDP2 (fully_shard): set fsdp_version: 2 in the accelerate config "
+                              "(configs/accelerate/fsdp.yaml)")
+        sharded = True
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError('the launch asks for DeepSpeed, which is not installed: pip install "llmkit[deepspeed]"')
+        sharded = True
+    if sharded and cfg.model.from_pretrained and cfg.model.arch == "llmkit-gpt" and _is_stock(cfg):
+        raise ConfigError("model.arch=llmkit-gpt on a pretrained GPT-2 saves by converting back, which needs the "
+                          "whole model in one process; under FSDP or DeepSpeed train the stock model "
+                          "(remove model.arch)")
+
+
+def _is_stock(cfg: Config) -> bool:
+    from ..models.loading import load_config
+
+    m = cfg.model
+    return load_config(m.from_pretrained, revision=m.revision).model_type != "llmkit-gpt"
 
 
 def build_training_model(cfg: Config, tokenizer, log=print) -> tuple[torch.nn.Module, str | None]:
