@@ -142,6 +142,8 @@ def run(name: str, corpus: pathlib.Path, tokenizer: pathlib.Path, work: pathlib.
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="corpus sizes in MB")
+    parser.add_argument("--methods", nargs="+", help="run only the methods whose names contain one of these words, "
+                        "replacing their rows in the last results (the rest are kept)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -164,6 +166,8 @@ def main():
         names = [n for n in WORKERS if "streaming" not in n and ("run_clm" not in n or mb == min(args.sizes))]
         if mb == max(args.sizes):
             names.append("streaming training: first step")
+        if args.methods:
+            names = [n for n in names if any(m in n for m in args.methods)] + ["raw encode_batch"]
         for name in names:
             work = root / f"{mb}-{len(rows)}"
             work.mkdir()
@@ -175,6 +179,12 @@ def main():
             rows.append(row)
             print_table([row])
         corpus.unlink()
+    if args.methods:  # keep the other rows of the last results
+        from _common import RESULTS
+
+        last = json.loads((RESULTS / "data_prep.json").read_text())["rows"]
+        mine = {(r["corpus_MB"], r["method"]) for r in rows}
+        rows = [r for r in last if (r["corpus_MB"], r["method"]) not in mine] + rows
     for size in {r["corpus_MB"] for r in rows}:
         group = [r for r in rows if r["corpus_MB"] == size]
         raw_mb_s = next(r["MB_per_s"] for r in group if r["method"] == "raw encode_batch")

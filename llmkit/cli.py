@@ -27,9 +27,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides such as training.max_steps=200 model.n_layer=2")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with argument errors as llmkit's one line (the usage text is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"llmkit: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmkit", description="Train, sample and evaluate small GPTs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="llmkit", description="Train, fine-tune, sample, evaluate and share small GPTs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("prepare", help="train/load the tokenizer and tokenize the data into the cache")
     _add_config_args(p)
@@ -66,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="loss, perplexity and bits per char/byte of models on a data source")
     p.add_argument("models", nargs="+", help="run folders, adapter runs or Hub ids (several print a comparison table)")
     p.add_argument("--adapter", help="LoRA adapter run (folder or Hub id) applied to each model")
+    p.add_argument("--per-document", action="store_true",
+                   help="score each document alone from a fresh start token, counting only its own bytes "
+                        "(lm-evaluation-harness's rolling loglikelihood, for comparing bits per byte with published "
+                        "numbers); default: the documents joined with EOS as training sees them")
     p.add_argument("--format", choices=("text", "instruct"), default="text",
                    help="instruct: prompt/response (or chat messages) rows; scores the answer tokens only")
     p.add_argument("--prompt-field", default="prompt", help="--format instruct: the prompt column")
@@ -115,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may come after a flag: `llmkit train CFG --resume training.max_steps=3000`
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "config", None) is not None and ("=" in args.config or not args.config):
         args.overrides = ([args.config] if args.config else []) + args.overrides  # no config file, only overrides
         args.config = None
@@ -137,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmkit: interrupted", file=sys.stderr)
         return 130
-    except RunError as err:  # a run that cannot go on for a reason outside the input: one line, exit 1
+    except RunError as err:  # a run that cannot go on for a reason outside the input: one line
         print(f"llmkit: error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
 
 
 def quiet_library_output() -> None:
@@ -251,7 +268,8 @@ def cmd_evaluate(args) -> int:
     try:
         results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
                                   batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device,
-                                  adapter=args.adapter, instruct=None if args.format == "text" else {
+                                  adapter=args.adapter, per_document=args.per_document,
+                                  instruct=None if args.format == "text" else {
                                       "prompt_field": args.prompt_field, "response_field": args.response_field,
                                       "messages_field": args.messages_field})
     except (ValueError, RuntimeError) as err:  # e.g. a stride longer than the context, an unknown device
@@ -304,12 +322,11 @@ def cmd_pull(args) -> int:
 
 
 def _device(text: str) -> str:
-    import torch
+    """A torch device string, checked without importing torch (the command line answers at once)."""
+    import re
 
-    try:
-        torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if not re.fullmatch(r"(cpu|cuda|mps|xpu|npu|hpu|mlu|musa)(:\d+)?|\d+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps")
     return text
 
 

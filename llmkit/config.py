@@ -31,7 +31,12 @@ class ConfigError(ValueError):
 
 
 class RunError(RuntimeError):
-    """A run that cannot go on for a reason outside the user's input (a lost process, ...): one line, exit 1."""
+    """A run that cannot go on for a reason outside the user's input (a lost process, a full disk, a signal, a NaN
+    loss): one line, exit code `exit_code` (1, or 128 + the signal)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def first_line(err: BaseException) -> str:
@@ -162,7 +167,8 @@ class Config:
 
 # Keys of the training section that llmkit reads itself, never passed to TrainingArguments, with their types.
 # `resume_from_checkpoint: true` means the last complete checkpoint.
-LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None}
+LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None,
+                          "on_nonfinite": str}  # stop (default) | skip: a NaN/inf loss or gradient
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -177,7 +183,8 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | N
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...)")
     for item in overrides or []:

@@ -17,14 +17,16 @@ def load_perplexity():
     return evaluate.load(PERPLEXITY_PATH, module_type="metric")
 
 
-def evaluate_model(model, tokenizer, documents: list[str], *, stride=None, batch_size=8, max_tokens=None) -> dict:
+def evaluate_model(model, tokenizer, documents: list[str], *, stride=None, batch_size=8, max_tokens=None,
+                   per_document=False) -> dict:
     metric = load_perplexity()
     return metric.compute(predictions=documents, model=model, tokenizer=tokenizer, stride=stride,
-                          batch_size=batch_size, max_tokens=max_tokens)
+                          batch_size=batch_size, max_tokens=max_tokens, per_document=per_document)
 
 
 def evaluate_models(names: list[str], source: str, *, text_field="text", stride=None, batch_size=8,
-                    max_tokens=None, device=None, adapter=None, instruct: dict | None = None) -> list[dict]:
+                    max_tokens=None, device=None, adapter=None, instruct: dict | None = None,
+                    per_document=False) -> list[dict]:
     """Score each model on `source`: text (sliding-window perplexity), or, with `instruct` (the instruct column
     settings, `data.*` names), the loss on the answers of prompt/response or chat rows."""
     if instruct is None:
@@ -36,7 +38,7 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
         model, tokenizer = load_model(name, device=device, adapter=adapter)
         if instruct is None:
             result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
-                                    max_tokens=max_tokens)
+                                    max_tokens=max_tokens, per_document=per_document)
         else:
             result = evaluate_answers(model, tokenizer, source, batch_size=batch_size, **instruct)
         results.append({"model": f"{name} + {adapter}" if adapter else name, "data": source, **result})

@@ -60,20 +60,50 @@ def test_perplexity_equals_a_direct_computation_on_a_short_text(tok):
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-5)
 
 
-def test_stride_equal_to_the_context_is_the_non_overlapping_computation(tok):
+def direct_nll(model, ids: torch.Tensor, first: int, end: int, context: int = CTX) -> float:
+    """NLL of targets ids[first+1 : end+1], each predicted from (at most) `context` tokens ending at it."""
+    begin = max(0, end - context)
+    with torch.no_grad():
+        logits = model(ids[begin:end].unsqueeze(0)).logits[0]
+    return float(F.cross_entropy(logits[first - begin :], ids[first + 1 : end + 1], reduction="sum"))
+
+
+def test_stride_equal_to_the_context_is_non_overlapping_blocks_and_the_last_keeps_a_full_context(tok):
     model = make_model(tok, seed=2)
     ids = torch.tensor(stream(tok, LONG))
-    assert len(ids) > 4 * CTX
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids) - 1, CTX):
-            block = ids[start : start + CTX + 1]
-            logits = model(block[:-1].unsqueeze(0)).logits[0]
-            total += float(F.cross_entropy(logits, block[1:], reduction="sum"))
-            count += len(block) - 1
+    n = len(ids) - 1
+    assert n > 4 * CTX and n % CTX  # a last block that is short of a full context
+    total = sum(direct_nll(model, ids, start, min(start + CTX, n)) for start in range(0, n, CTX))
     result = evaluate_model(model, tok, [LONG], stride=CTX)
-    assert result["tokens"] == count == len(LONG)
+    assert result["tokens"] == n == len(LONG)
+    assert result["loss"] == pytest.approx(total / n, rel=1e-5)
+    # the last window reached back a full context (lm-evaluation-harness's rolling windows do the same)
+    last = (n // CTX) * CTX
+    short = float(F.cross_entropy(model(ids[last:n].unsqueeze(0)).logits[0], ids[last + 1 : n + 1],
+                                  reduction="sum").detach())
+    assert abs(direct_nll(model, ids, last, n) - short) > 1e-3  # so the two differ, and the test can tell
+
+
+def test_per_document_scores_each_document_alone_from_a_fresh_start_and_counts_only_its_bytes(tok):
+    model = make_model(tok, seed=5)
+    documents = [LONG, "abc abc", "fox"]
+    result = evaluate_model(model, tok, documents, per_document=True, stride=CTX // 2)
+    total, count = 0.0, 0
+    for doc in documents:
+        ids = torch.tensor(stream(tok, doc))  # EOS then the document, no boundary after it
+        n = len(ids) - 1
+        end = 0
+        while end < n:
+            new_end = min(end + CTX // 2 if end else CTX, n)
+            total += direct_nll(model, ids, end, new_end)
+            end = new_end
+        count += n
+    assert result["tokens"] == count == sum(len(d) for d in documents)
     assert result["loss"] == pytest.approx(total / count, rel=1e-5)
+    assert result["bytes"] == sum(len(d.encode()) for d in documents)  # no boundary counted
+    assert result["bits_per_byte"] == pytest.approx(total / math.log(2) / result["bytes"], rel=1e-6)
+    joined = evaluate_model(model, tok, documents, stride=CTX // 2)
+    assert joined["tokens"] == count + 2 and joined["loss"] != pytest.approx(result["loss"], rel=1e-6)
 
 
 def test_bits_per_char_of_a_char_model_equal_bits_per_token(tok):

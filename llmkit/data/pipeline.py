@@ -420,7 +420,7 @@ def _tokenize_to(folder: pathlib.Path, plan: Scan, tokenizer, cfg: Config, log) 
         pool = multiprocessing.get_context("fork").Pool(cfg.data.num_proc, initializer=_single_threaded)
     try:
         batches = _batches(split_segments(cfg, plan.train_chars), counts)
-        results = pool.imap(encode, batches, chunksize=1) if pool else map(encode, batches)
+        results = _in_order(pool, encode, batches, 2 * cfg.data.num_proc) if pool else map(encode, batches)
         for split, tokens in results:
             files[split].write(tokens.tobytes())
             counts[split]["tokens"] += len(tokens)
@@ -435,20 +435,36 @@ def _tokenize_to(folder: pathlib.Path, plan: Scan, tokenizer, cfg: Config, log) 
 
 
 def _batches(pairs, counts: dict, size: int = 1024) -> Iterator[tuple[str, list[str], list[bool]]]:
-    """Consecutive segments of one split, `size` at a time (counting their characters and bytes on the way)."""
-    split, texts, ends = None, [], []
+    """Segments of each split, `size` at a time and in corpus order within the split (the two splits interleave
+    segment by segment: batching them apart keeps the batches large), counting characters and bytes."""
+    pending: dict[str, tuple[list[str], list[bool]]] = {"train": ([], []), "val": ([], [])}
     for s, seg in pairs:
-        s = "train" if s == "train" else "val"
-        if texts and (s != split or len(texts) == size):
-            yield split, texts, ends
-            texts, ends = [], []
-        split = s
+        split = "train" if s == "train" else "val"
+        texts, ends = pending[split]
         texts.append(seg.text)
         ends.append(seg.doc_end)
-        counts[s]["chars"] += len(seg.text)
-        counts[s]["bytes"] += len(seg.text.encode())
-    if texts:
-        yield split, texts, ends
+        counts[split]["chars"] += len(seg.text)
+        counts[split]["bytes"] += len(seg.text.encode())
+        if len(texts) == size:
+            yield split, texts, ends
+            pending[split] = ([], [])
+    for split, (texts, ends) in pending.items():
+        if texts:
+            yield split, texts, ends
+
+
+def _in_order(pool, fn, items, window: int):
+    """`pool.imap(fn, items)` with at most `window` items in flight: Pool.imap reads its input as fast as it can, so
+    a corpus would pile up in the task queue; this keeps memory flat."""
+    from collections import deque
+
+    pending = deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _single_threaded() -> None:

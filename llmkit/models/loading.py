@@ -20,7 +20,13 @@ import pathlib
 from ..config import ConfigError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
-LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, ImportError)
+def _load_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError  # a truncated or corrupt weights file
+
+    return (OSError, ValueError, RuntimeError, KeyError, ImportError, SafetensorError)
+
+
+LOAD_ERRORS = _load_errors()
 
 
 def adapter_config(name: str, revision: str | None = None) -> dict | None:

@@ -4,17 +4,60 @@ perplexity and bits per character in every evaluation log."""
 from __future__ import annotations
 
 import math
+import pathlib
 
+import torch
 from transformers import Trainer
+
+from .guards import grads_finite, nonfinite_error
 
 
 class LlmkitTrainer(Trainer):
     """Trainer with llmkit's weight-decay rule and extra evaluation metrics in every log."""
 
-    def __init__(self, *args, tokens_per_char: float | None = None, **kwargs):
+    def __init__(self, *args, tokens_per_char: float | None = None, on_nonfinite: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens_per_char = tokens_per_char
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
+        self._skip_update = False
         self._non_embedding_parameters: int | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step; a NaN or infinite loss stops the run here, before the optimizer applies it
+        (`training.on_nonfinite: stop`), or drops this update (`skip`)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            self._nonfinite("training loss", float(loss.detach().float().mean()))
+            loss = torch.zeros_like(loss)
+        return loss
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if getattr(optimizer, "_llmkit_guarded", False):
+            return optimizer
+        step = optimizer.step
+
+        def guarded_step(*args, **kwargs):  # a non-finite gradient never reaches the weights
+            if self._skip_update or not grads_finite(p for g in optimizer.param_groups for p in g["params"]):
+                if not self._skip_update:
+                    self._nonfinite("gradient norm", float("nan"))
+                self._skip_update = False
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+        optimizer._llmkit_guarded = True
+        return optimizer
+
+    def _nonfinite(self, what: str, value: float) -> None:
+        if self.on_nonfinite == "skip":
+            self._skip_update = True
+            self.skipped_steps += 1
+            return
+        raise nonfinite_error(self.state.global_step + 1, what, value, pathlib.Path(self.args.output_dir),
+                              self.args.fp16)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         # nanoGPT's rule: matrices (and embeddings) decay; biases and every norm's weights do not. The shape is the

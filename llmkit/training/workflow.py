@@ -14,6 +14,7 @@ from ..models import build_config
 from ..models.factory import model_from_config
 from .arguments import hub_settings, training_arguments, training_settings
 from .callbacks import FeedbackCallback, sample_kwargs
+from .guards import StopOnSignal, disk_full, disk_full_error, run_lock
 from .lora import apply_lora
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
 from .trainer import LlmkitTrainer
@@ -37,6 +38,16 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         from .distill import check_tokenizers
 
         check_tokenizers(cfg)  # a missing teacher, or one with another tokenizer, fails now
+    on_nonfinite = cfg.training.get("on_nonfinite", "stop")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"training.on_nonfinite={on_nonfinite!r} is unknown; use stop or skip")
+    out = pathlib.Path(output_dir or training_settings(cfg)[0]["output_dir"])
+    resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))  # before any work
+    with run_lock(out, enabled=state.is_main_process):
+        return _train(cfg, state, out, resume_from, output_dir, log, callbacks or [], on_nonfinite)
+
+
+def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, callbacks, on_nonfinite) -> dict:
     with state.main_process_first():  # one process tokenizes; the others then hit the cache
         data = prepare_data(cfg, log=log if state.is_main_process else _quiet)
     if state.is_main_process:
@@ -51,8 +62,6 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     train_ds = data.train_dataset(cfg.block_size, cfg.data.packing, cfg.data.seed)
     eval_ds = data.eval_dataset(cfg.block_size)
     args = training_arguments(cfg, output_dir, has_eval=eval_ds is not None)
-    out = pathlib.Path(args.output_dir)
-    resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))
 
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +74,8 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     if cfg.data.format == "text":
         tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world * cfg.block_size
     feedback = FeedbackCallback(cfg, tokenizer, tokens_per_step, out)
-    callbacks = [feedback, *(callbacks or [])]
+    stopper = StopOnSignal(world)
+    callbacks = [feedback, stopper, *callbacks]
     patience = cfg.training.get("early_stopping_patience")
     if patience:
         from transformers import EarlyStoppingCallback
@@ -88,19 +98,33 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         processing_class=tokenizer,
         callbacks=callbacks,
         tokens_per_char=val_tokens / val_chars if val_chars else None,
+        on_nonfinite=on_nonfinite,
         **extra,
     )
+    stopper.install()
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
-    except RuntimeError as err:
-        if state.num_processes > 1 and _is_lost_peer(err):
-            from .run_folder import last_complete_checkpoint
+        if resume_from and _finished_checkpoint(resume_from, args.max_steps):
+            result = _finish_from(trainer, resume_from)  # killed after its last step: only the run folder is left
+        else:
+            result = trainer.train(resume_from_checkpoint=resume_from)
+    except (OSError, RuntimeError) as err:
+        if disk_full(err):
+            raise disk_full_error(err, out) from None
+        if not (isinstance(err, RuntimeError) and state.num_processes > 1 and _is_lost_peer(err)):
+            raise
+        from .run_folder import last_complete_checkpoint
 
-            checkpoint = last_complete_checkpoint(out)
-            where = f"the last complete checkpoint is {checkpoint.name}" if checkpoint else "no checkpoint was complete"
-            raise RunError(f"process {state.process_index} lost contact with another training process "
-                           f"({_lost_peer_reason(err)}); {where}: start every process again with --resume") from None
-        raise
+        checkpoint = last_complete_checkpoint(out)
+        where = (f"the last complete checkpoint is {checkpoint.name}: start every process again with --resume"
+                 if checkpoint else "no checkpoint was complete: start every process again")
+        raise RunError(f"process {state.process_index} lost contact with another training process "
+                       f"({_lost_peer_reason(err)}); {where}") from None
+    finally:
+        stopper.uninstall()
+    if stopper.received is not None:
+        name = signal_name(stopper.received)
+        raise RunError(f"stopped by {name} at step {trainer.state.global_step}: checkpoint-{trainer.state.global_step} "
+                       f"is complete; continue with the same command and --resume", exit_code=stopper.exit_code)
     evaluation = final_eval(trainer) if eval_ds is not None else {}
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -114,6 +138,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": trainable,
         "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
+        "skipped_nonfinite_steps": trainer.skipped_steps,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         **{k: v for k, v in evaluation.items() if k.startswith("eval_")},
     }
@@ -134,6 +159,31 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
 
 def _quiet(*args) -> None:
     pass
+
+
+def _finished_checkpoint(checkpoint: str, max_steps: int) -> bool:
+    state = json.loads((pathlib.Path(checkpoint) / "trainer_state.json").read_text())
+    return max_steps > 0 and state.get("global_step", 0) >= max_steps
+
+
+def _finish_from(trainer, checkpoint: str):
+    """A run killed while writing its final files resumes from a checkpoint at its last step: the Trainer would
+    train one step more (transformers 5.24 resumes into the next step), so llmkit restores the checkpoint, its
+    state and the best model itself, and the run folder is written as at the end of training."""
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = type(trainer.state).load_from_json(str(pathlib.Path(checkpoint) / "trainer_state.json"))
+    if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
 
 
 _LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "nccl error",

@@ -1,15 +1,18 @@
 """Perplexity of an in-memory causal LM on texts, with a sliding window: an `evaluate` metric.
 
 Unlike the Hub's `perplexity` metric (which takes a model id and cannot be downloaded offline), this one takes a
-loaded model and tokenizer. The texts are joined as training joins documents, `EOS doc1 EOS doc2 ...`, and every
-token after the leading EOS is scored exactly once (the method of the transformers perplexity guide): windows
-of `context` tokens start every `stride` tokens, and each window scores only the targets not scored before, so
-each token is predicted with as much context as the model allows. With `stride == context` the windows are
-the non-overlapping blocks training evaluates on.
-
-Bits per character and per byte divide the total negative log-likelihood by the text's characters (bytes),
-with each document boundary (EOS) counted as one character (byte), so a char-level model's bits per character
-equal its bits per token, and models with different tokenizers are comparable.
+loaded model and tokenizer. Two modes:
+- joined (the default): the texts are joined as training joins documents, `EOS doc1 EOS doc2 ...`, and every
+  token after the leading EOS is scored exactly once (the method of the transformers perplexity guide): a window
+  ends every `stride` tokens and reaches `context` tokens back (the last one too: it keeps a full context), and
+  each window scores only the targets not scored before, so each token is predicted with as much context as the
+  model allows. This is how training sees and evaluates the data, so it is comparable with a run's eval loss.
+  Bits per character and per byte count each document boundary (EOS) as one character (byte), so a char-level
+  model's bits per character equal its bits per token.
+- per document (`per_document=True`): each document is scored on its own, from a fresh start token (EOS/BOS), its
+  boundary never predicted, and only its own characters and bytes counted: lm-evaluation-harness's rolling
+  loglikelihood, so bits per byte compare with published harness numbers (wikitext, ...).
+Models with different tokenizers are comparable through bits per character or byte in either mode.
 """
 
 import math
@@ -29,6 +32,7 @@ Args:
     context (int, optional): window length; default the model's context.
     batch_size (int): windows per forward pass.
     max_tokens (int, optional): stop after scoring this many tokens.
+    per_document (bool): score each document alone from a fresh start token (lm-evaluation-harness's way).
 Returns:
     loss, perplexity, bits_per_token, bits_per_char, bits_per_byte, tokens, chars, bytes, context, stride
 """
@@ -44,7 +48,8 @@ class Perplexity(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, model, tokenizer, stride=None, context=None, batch_size=8, max_tokens=None):
+    def _compute(self, predictions, model, tokenizer, stride=None, context=None, batch_size=8, max_tokens=None,
+                 per_document=False):
         config = model.config
         context = int(context or getattr(config, "n_positions", None) or config.max_position_embeddings)
         stride = int(stride) if stride is not None else max(1, context // 2)
@@ -54,39 +59,49 @@ class Perplexity(evaluate.Metric):
         if eos is None:
             raise ValueError("the tokenizer has no EOS token; documents cannot be joined")
         encoded = tokenizer(list(predictions), add_special_tokens=False)["input_ids"]
-        stream = [eos]
-        for ids in encoded:
-            stream.extend(ids)
-            stream.append(eos)
-        stream.pop()  # no boundary after the last document
-        ids = torch.tensor(stream, dtype=torch.long)
-        n_targets = len(ids) - 1
-        if max_tokens is not None:
-            n_targets = min(n_targets, int(max_tokens))
-        boundaries = len(encoded) - 1
+        if per_document:  # each document alone: its own stream, start token first, nothing predicted past it
+            streams = [[eos, *ids] for ids in encoded if ids]
+            boundaries = 0
+        else:
+            stream = [eos]
+            for ids in encoded:
+                stream.extend(ids)
+                stream.append(eos)
+            stream.pop()  # no boundary after the last document
+            streams = [stream]
+            boundaries = len(encoded) - 1
         chars = sum(len(t) for t in predictions) + boundaries
         n_bytes = sum(len(t.encode("utf-8")) for t in predictions) + boundaries
 
         device = next(model.parameters()).device
-        windows = []  # (begin, first target index scored in this window, end)
-        scored = 0
-        begin = 0
-        while scored < n_targets:
-            end = min(begin + context, n_targets)
-            windows.append((begin, scored, end))
-            scored = end
-            begin += stride
+        windows = []  # (stream, begin, first target index scored in this window, end)
+        n_targets = 0
+        budget = int(max_tokens) if max_tokens is not None else None
+        for s_index, ids in enumerate(streams):
+            targets_here = len(ids) - 1
+            if budget is not None:
+                targets_here = min(targets_here, budget - n_targets)
+            scored, end = 0, 0
+            while scored < targets_here:
+                end = min(end + stride if end else context, targets_here)
+                windows.append((s_index, max(0, end - context), scored, end))  # a full context, the last one too
+                scored = end
+            n_targets += max(0, targets_here)
+            if budget is not None and n_targets >= budget:
+                break
+        tensors = [torch.tensor(ids, dtype=torch.long) for ids in streams]
         total_nll = 0.0
         was_training = model.training
         model.eval()
         with torch.no_grad():
             for i in range(0, len(windows), batch_size):
                 group = windows[i : i + batch_size]
-                width = max(end - b for b, _, end in group)
+                width = max(end - b for _, b, _, end in group)
                 inputs = torch.full((len(group), width), eos, dtype=torch.long)
                 targets = torch.full((len(group), width), -100, dtype=torch.long)
                 mask = torch.zeros((len(group), width), dtype=torch.long)
-                for row, (b, first, end) in enumerate(group):
+                for row, (s_index, b, first, end) in enumerate(group):
+                    ids = tensors[s_index]
                     inputs[row, : end - b] = ids[b:end]
                     mask[row, : end - b] = 1
                     targets[row, first - b : end - b] = ids[first + 1 : end + 1]
@@ -109,4 +124,5 @@ class Perplexity(evaluate.Metric):
             "bytes": n_bytes,
             "context": context,
             "stride": stride,
+            "per_document": bool(per_document),
         }

@@ -1,0 +1,69 @@
+"""How fast the command line answers: `llmkit --help`, `llmkit generate RUN --help`, an argument error, and a
+one-token `generate`, each a whole process, best of 5 (seconds).
+
+    python benchmarks/startup.py [--repo PATH]   (another llmkit checkout, e.g. an older commit, to compare)
+Writes benchmarks/results/startup.json (or startup_<name>.json for another checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from _common import report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def best(cmd: list[str], env: dict, rounds: int = 5) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def tiny_run(work: pathlib.Path, env: dict) -> pathlib.Path:
+    import torch
+
+    from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
+    from llmkit.tokenizers import train_tokenizer
+
+    run = work / "run"
+    tok = train_tokenizer("char", ["the quick brown fox jumps over the lazy dog\n" * 20])
+    torch.manual_seed(0)
+    LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2)
+                         ).save_pretrained(run)
+    tok.save_pretrained(run)
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repo", type=pathlib.Path, default=REPO)
+    args = parser.parse_args()
+    env = dict(os.environ, PYTHONPATH=str(args.repo), HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-startup-"))
+    run = tiny_run(work, env)
+    cli = [sys.executable, "-m", "llmkit.cli"]
+    rows = [
+        {"command": "llmkit --help", "seconds": best([*cli, "--help"], env)},
+        {"command": "llmkit generate RUN --help", "seconds": best([*cli, "generate", str(run), "--help"], env)},
+        {"command": "llmkit generate RUN --max-new-tokens 0 (argument error)",
+         "seconds": best([*cli, "generate", str(run), "--max-new-tokens", "0"], env)},
+        {"command": "llmkit generate RUN --prompt a --max-new-tokens 1",
+         "seconds": best([*cli, "generate", str(run), "--prompt", "a", "--max-new-tokens", "1", "--device", "cpu"],
+                         env)},
+    ]
+    name = "startup" if args.repo.resolve() == REPO else f"startup_{args.repo.name}"
+    report(name, rows, extra={"repo": str(args.repo)})
+
+
+if __name__ == "__main__":
+    main()
