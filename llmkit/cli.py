@@ -15,6 +15,10 @@ import warnings
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 GENERATE_HELP = """\
+Escapes: --prompt and --stop (and the config's sample.prompts and sample.stop) turn \\n into a newline, \\t into a
+tab and \\\\ into one backslash, so `--stop "\\n\\n"` stops at a blank line as typed in a shell; write \\\\n for a
+backslash followed by n. --prompt-file and stdin are read as they are.
+
 Long outputs: a model with learned positions sees at most n_positions tokens. Generation uses the KV cache
 until the context is full, then computes each new token on the last n_positions-1 tokens (a sliding window,
 positions shift). A prompt longer than the context keeps its end (with a warning); characters a char-level
@@ -51,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="run folder, adapter run folder or Hub id")
     p.add_argument("--adapter", help="LoRA adapter run (folder or Hub id) to apply to the model")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", help="prompt text (default: read stdin if piped, else empty)")
+    src.add_argument("--prompt", help="prompt text, escapes decoded (default: read stdin if piped, else empty)")
     src.add_argument("--prompt-file", help="read the prompt from a file")
     p.add_argument("--max-new-tokens", type=_positive_int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -61,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--num-samples", type=_positive_int, default=1, help="several samples in one batched pass")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text")
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop string, escapes decoded: --stop \"\\n\\n\" stops at a blank line (repeatable)")
     p.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
     p.add_argument("--interactive", "-i", action="store_true", help="keep the model loaded and read prompts")
     p.add_argument("--chat", action="store_true",
@@ -197,10 +202,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .config import decode_escapes
     from .generate import generate_texts
     from .models.loading import load_model
 
     model, tokenizer = load_model(args.model, adapter=args.adapter, device=args.device)
+    args.stop = [decode_escapes(s) for s in args.stop] if args.stop else None
+    if args.prompt is not None:
+        args.prompt = decode_escapes(args.prompt)
     settings = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature,
@@ -234,10 +243,12 @@ def cmd_generate(args) -> int:
             print()
 
     if args.interactive:
-        print("llmkit: interactive mode; an empty line or Ctrl-D quits", file=sys.stderr)
+        terminal = sys.stdin.isatty()
+        if terminal:
+            print("llmkit: interactive mode; an empty line or Ctrl-D quits", file=sys.stderr)
         while True:
             try:
-                prompt = input("> ")
+                prompt = input("> " if terminal else "")  # piped prompts: answers only
             except EOFError:
                 break
             if not prompt:

@@ -128,9 +128,20 @@ class DistillConfig:
     kind: str = "forward_kl"  # forward_kl (KL(teacher || student), the curriculum's) | reverse_kl
 
 
+def decode_escapes(text: str) -> str:
+    """`\\n` -> newline, `\\t` -> tab, `\\\\` -> one backslash; any other backslash stays as it is. What a shell
+    passes for "\\n" (two characters) becomes the newline the user meant; `\\\\n` stays a backslash and an n."""
+    import re
+
+    return re.sub(r"\\([\\nt])", lambda m: {"\\": "\\", "n": "\n", "t": "\t"}[m.group(1)], text)
+
+
 @dataclass
 class SampleConfig:
+    """Samples during training. `prompts` and `stop` decode `\\n`, `\\t` and `\\\\` as `--prompt`/`--stop` do."""
+
     prompts: list[str] = field(default_factory=lambda: ["\n"])
+    stop: list[str] | None = None  # stop strings
     max_new_tokens: int = 100
     do_sample: bool = True
     temperature: float = 0.8
@@ -158,6 +169,9 @@ class Config:
         since the run folder is what gets shared and pushed."""
         data = self.to_dict()
         data["training"] = {k: "<redacted>" if k.endswith("_token") and v else v for k, v in data["training"].items()}
+        for key in ("prompts", "stop"):  # saved so that reading them back (which decodes escapes) gives them again
+            if data["sample"].get(key):
+                data["sample"][key] = [x.replace("\\", "\\\\") for x in data["sample"][key]]
         pathlib.Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
     @property
@@ -253,6 +267,10 @@ def _build(cls, raw: Any, prefix: str):
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(raw).__name__}")
+    if cls is SampleConfig:
+        raw = {k: [decode_escapes(x) if isinstance(x, str) else x for x in v] if k in ("prompts", "stop") and
+               isinstance(v, list) else decode_escapes(v) if k in ("prompts", "stop") and isinstance(v, str) else v
+               for k, v in raw.items()}
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -69,6 +69,7 @@ def generate_ids(model, input_ids: torch.Tensor, settings: dict, *, tokenizer=No
 def _generate_ids(model, input_ids, settings, tokenizer, streamer, stop, return_logits):
     context = context_length(model)
     wanted = settings["max_new_tokens"]
+    stop = _representable(stop, tokenizer)
     extra = dict(tokenizer=tokenizer, stop_strings=stop) if stop else {}
     if return_logits:
         extra.update(output_logits=True, return_dict_in_generate=True)
@@ -210,6 +211,15 @@ def chat_prompt(tokenizer, conversation: str | list[dict], context: int) -> list
         if len(ids) < context or len(messages) <= 1:
             return ids[-(context - 1):]
         messages = messages[2:] if messages[0]["role"] != "system" else messages[:1] + messages[3:]
+
+
+def _representable(stop: list[str] | None, tokenizer) -> list[str] | None:
+    """The stop strings the model can produce: one with a character the tokenizer has no token for can never
+    appear in the output (and transformers' stop-string matcher refuses it), so it is left out."""
+    if not stop or tokenizer is None or tokenizer.unk_token_id is None:
+        return stop
+    kept = [s for s in stop if tokenizer.unk_token_id not in tokenizer(s, add_special_tokens=False)["input_ids"]]
+    return kept or None
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> str:

@@ -125,4 +125,5 @@ def sample_kwargs(cfg: Config) -> dict:
         top_p=s.top_p,
         repetition_penalty=s.repetition_penalty,
         seed=s.seed,
+        stop=s.stop,
     )

@@ -252,7 +252,7 @@ def build_training_model(cfg: Config, tokenizer, log=print) -> tuple[torch.nn.Mo
         stock_arch = own.model_type if m.arch != own.model_type else None  # the fast path saves back as stock
         grew_vocab = len(tokenizer) > own.vocab_size
     settings = sample_kwargs(cfg)  # the saved model generates as the run's samples did
-    del settings["seed"]
+    del settings["seed"], settings["stop"]
     settings["max_new_tokens"] = settings["max_new_tokens"] or 100
     try:
         model.generation_config = make_generation_config(tokenizer, **settings)
