@@ -37,8 +37,11 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
     for name in names:
         model, tokenizer = load_model(name, device=device, adapter=adapter)
         if instruct is None:
-            result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
-                                    max_tokens=max_tokens, per_document=per_document)
+            try:
+                result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
+                                        max_tokens=max_tokens, per_document=per_document)
+            except ValueError as err:
+                raise DataError(f"{name}: {err}") from None
         else:
             result = evaluate_answers(model, tokenizer, source, batch_size=batch_size, **instruct)
         results.append({"model": f"{name} + {adapter}" if adapter else name, "data": source, **result})

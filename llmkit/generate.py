@@ -12,7 +12,9 @@ Design choices:
   are dropped with a warning (the seeds do the same). An empty prompt starts from the EOS/BOS token.
 - `seed` makes sampling reproducible: the same seed gives the same text.
 - llmkit-gpt on an x86 CPU decodes with its linear weights stored (in, out) for the whole call
-  (models/decode_layout.py): 1.03-1.27x faster token by token.
+  (models/decode_layout.py), faster token by token (benchmarks/generation.py).
+- Stop strings are transformers' `StopStringCriteria`, given a probe prefix the tokenizer can encode: its default
+  ("abcdef") decodes to unknown tokens on a char-level vocabulary without those letters, and it fails.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import warnings
 from collections.abc import Iterable
 
 import torch
-from transformers import GenerationConfig, TextStreamer, set_seed
+from transformers import GenerationConfig, StoppingCriteriaList, StopStringCriteria, TextStreamer, set_seed
 
 from .models import LlmkitGPTPreTrainedModel
 from .models.decode_layout import cpu_decode_layout
@@ -70,7 +72,7 @@ def _generate_ids(model, input_ids, settings, tokenizer, streamer, stop, return_
     context = context_length(model)
     wanted = settings["max_new_tokens"]
     stop = _representable(stop, tokenizer)
-    extra = dict(tokenizer=tokenizer, stop_strings=stop) if stop else {}
+    extra = dict(stopping_criteria=StoppingCriteriaList([_StopStrings(tokenizer, stop)])) if stop else {}
     if return_logits:
         extra.update(output_logits=True, return_dict_in_generate=True)
     first = dict(settings, max_new_tokens=min(wanted, context - input_ids.shape[1]))
@@ -211,6 +213,19 @@ def chat_prompt(tokenizer, conversation: str | list[dict], context: int) -> list
         if len(ids) < context or len(messages) <= 1:
             return ids[-(context - 1):]
         messages = messages[2:] if messages[0]["role"] != "system" else messages[:1] + messages[3:]
+
+
+class _StopStrings(StopStringCriteria):
+    """transformers' stop-string matcher, reading the vocabulary behind a prefix of characters the tokenizer has."""
+
+    @staticmethod
+    def clean_tokenizer_vocab(tokenizer, static_prefix="abcdef", stop_string_matching_mode=None):
+        unk = tokenizer.unk_token_id
+        if unk is not None and unk in tokenizer(static_prefix, add_special_tokens=False)["input_ids"]:
+            special = set(tokenizer.all_special_tokens)
+            letters = sorted(t for t in tokenizer.get_vocab() if len(t) == 1 and t.isalnum() and t not in special)
+            static_prefix = "".join(letters[:6]) or static_prefix
+        return StopStringCriteria.clean_tokenizer_vocab(tokenizer, static_prefix, stop_string_matching_mode)
 
 
 def _representable(stop: list[str] | None, tokenizer) -> list[str] | None:

@@ -130,7 +130,7 @@ def case_list(i: pathlib.Path) -> dict[str, tuple[list[str], str]]:
         "unknown command": (["fly"], "invalid choice: 'fly'"),
         "evaluate missing data": (["evaluate", str(run), "--data", str(i / "none.txt"), "--device", "cpu"], "no such file"),
         "evaluate stride beyond the context": (["evaluate", str(run), "--data", str(data), "--stride", "4096", "--device", "cpu"],
-                                               "stride must be in [1, 32]"),
+                                               "--stride 4096 is outside [1, 32] (the model's context); pass --stride 32 or less"),
         "evaluate instruct without a template": (["evaluate", str(run), "--data", str(i / "qa_empty.jsonl"), "--format",
                                                   "instruct", "--device", "cpu"], "no chat template"),
         # merge, export, push, pull

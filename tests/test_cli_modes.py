@@ -130,3 +130,20 @@ def test_several_models_max_tokens_output_and_bits_per_char_on_bpe(run, tmp_path
                  "--output", str(tmp_path / "m.json"), "--device", "cpu"]) == 0
     (limited,) = json.loads((tmp_path / "m.json").read_text())
     assert limited["tokens"] == 50 and limited["bits_per_char"] is None  # part of the text: no per-char figure
+
+
+def test_stop_strings_on_a_char_vocabulary_without_the_matchers_probe_letters():
+    """transformers' stop-string matcher probes the vocabulary behind "abcdef"; a char tokenizer that never saw
+    those letters made it fail ("substring not found"). llmkit gives it letters the vocabulary has."""
+    tok = train_tokenizer("char", ["XYZ: To be\n\n" * 10])
+    assert tok.unk_token_id in tok("abcdef", add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    model = LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=len(tok), n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    stop_id = tok("Z", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # every step writes "Z": the last hidden state is all ones, only Z's row sees it
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight.zero_()  # tied: the embeddings are zero too, which this test does not need
+        model.lm_head.weight[stop_id] = 1.0
+    texts = generate_texts(model, tok, ["XY"], max_new_tokens=10, temperature=0, stop=["ZZZ"])
+    assert texts == ["ZZZ"]

@@ -101,6 +101,8 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         on_nonfinite=on_nonfinite,
         **extra,
     )
+    if resume_from and state.is_main_process:
+        log(f"resuming from {resume_from} (step {_checkpoint_step(resume_from)} of {args.max_steps})")
     stopper.install()
     try:
         if resume_from and _finished_checkpoint(resume_from, args.max_steps):
@@ -161,9 +163,12 @@ def _quiet(*args) -> None:
     pass
 
 
+def _checkpoint_step(checkpoint: str) -> int:
+    return json.loads((pathlib.Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0)
+
+
 def _finished_checkpoint(checkpoint: str, max_steps: int) -> bool:
-    state = json.loads((pathlib.Path(checkpoint) / "trainer_state.json").read_text())
-    return max_steps > 0 and state.get("global_step", 0) >= max_steps
+    return max_steps > 0 and _checkpoint_step(checkpoint) >= max_steps
 
 
 def _finish_from(trainer, checkpoint: str):

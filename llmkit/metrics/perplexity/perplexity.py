@@ -54,11 +54,13 @@ class Perplexity(evaluate.Metric):
         context = int(context or getattr(config, "n_positions", None) or config.max_position_embeddings)
         stride = int(stride) if stride is not None else max(1, context // 2)
         if not 0 < stride <= context:
-            raise ValueError(f"stride must be in [1, {context}] (the context), got {stride}")
+            raise ValueError(f"--stride {stride} is outside [1, {context}] (the model's context); pass --stride "
+                             f"{context} or less")
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no EOS token; documents cannot be joined")
-        encoded = tokenizer(list(predictions), add_special_tokens=False)["input_ids"]
+        # whole documents, windowed below (verbose=False: no "longer than the maximum" warning for them)
+        encoded = tokenizer(list(predictions), add_special_tokens=False, verbose=False)["input_ids"]
         if per_document:  # each document alone: its own stream, start token first, nothing predicted past it
             streams = [[eos, *ids] for ids in encoded if ids]
             boundaries = 0
