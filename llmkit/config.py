@@ -182,7 +182,10 @@ class Config:
 # Keys of the training section that llmkit reads itself, never passed to TrainingArguments, with their types.
 # `resume_from_checkpoint: true` means the last complete checkpoint.
 LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None,
-                          "on_nonfinite": str}  # stop (default) | skip: a NaN/inf loss or gradient
+                          "on_nonfinite": str,  # stop (default) | skip: a NaN/inf loss or gradient
+                          "optimizer": str,  # adamw (default) | muon | a transformers optim name
+                          "muon": dict,  # Muon's own settings (training/optim.py)
+                          "max_time": float}  # seconds of training, then the final evaluation and save
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:

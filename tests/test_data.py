@@ -509,6 +509,7 @@ def test_streaming_tokenizer_follows_the_file_content_and_no_val_ratio_means_no_
     assert "x" in second.tokenizer.get_vocab() and "a" not in second.tokenizer.get_vocab()
 
 
+@pytest.mark.slow
 def test_prepare_memory_stays_flat_as_the_corpus_grows(tmp_path, shakespeare_path):
     """`llmkit prepare` streams: 8x the text, the same peak memory (within 15%). Each size runs in its own process
     (peak RSS is per process); the corpora are tinyshakespeare's lines shuffled, 6 MB and 48 MB."""

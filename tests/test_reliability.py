@@ -57,7 +57,9 @@ def straight(corpus, tmp_path_factory):
     return root / "run", common
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130),
+                                       pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_exits_with_one_line_and_resume_matches(sig, code, straight, tmp_path):
     reference, common = straight
     run = tmp_path / "run"
@@ -86,9 +88,12 @@ def test_a_second_ctrl_c_exits_at_once(straight, tmp_path):
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    # 130, or killed by SIGINT when the second signal lands while the process is already exiting: a shell reports
+    # both as 130
+    assert proc.returncode in (130, -signal.SIGINT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["checkpoint", "final model"])
 def test_sigkill_in_the_middle_of_a_save_leaves_the_previous_checkpoint_and_resume_matches(moment, straight, tmp_path):
     reference, common = straight

@@ -4,6 +4,9 @@ Design choices:
 - Defaults a practitioner expects: AdamW (fused) with decay only on matrices, `cosine_with_min_lr` with warmup and
   a floor at 10% of the peak, clipping at 1.0, evaluation and checkpoints every `eval_steps`, the best checkpoint
   (by validation loss) reloaded at the end.
+- Schedules are transformers' (`lr_scheduler_type`); the default's floor (`min_lr_rate`) goes with it, so another
+  schedule starts from its own defaults. `warmup_stable_decay` decays over the last 20% of `max_steps` unless
+  `lr_scheduler_kwargs` says otherwise (`num_decay_steps`, `decay_type`, `min_lr_ratio`); `linear` decays to zero.
 - bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16/AMX); fp16 on GPUs without bf16.
   A precision the user picks replaces the default pair as a whole.
 - `remove_unused_columns` is always off: llmkit's collators make exactly the keys the model takes.
@@ -15,6 +18,7 @@ import torch
 from transformers import TrainingArguments
 
 from ..config import LLMKIT_TRAINING_EXTRAS, Config, ConfigError
+from .optim import optim_setting
 
 
 def default_training_args(cfg: Config) -> dict:
@@ -82,7 +86,17 @@ def training_settings(cfg: Config) -> tuple[dict, dict]:
     user = {k: v for k, v in cfg.training.items() if k not in LLMKIT_TRAINING_EXTRAS}
     if "bf16" in user or "fp16" in user:  # a precision the user picks replaces the default pair as a whole
         args.update(bf16=False, fp16=False)
+    if "lr_scheduler_type" in user and "lr_scheduler_kwargs" not in user:
+        args["lr_scheduler_kwargs"] = {}  # the default's floor belongs to the default schedule
     args.update(user)
+    if args["lr_scheduler_type"] == "warmup_stable_decay":
+        kwargs = dict(args.get("lr_scheduler_kwargs") or {})
+        if "num_decay_steps" not in kwargs and "num_stable_steps" not in kwargs:
+            if args["max_steps"] <= 0:
+                raise ConfigError("lr_scheduler_type=warmup_stable_decay without max_steps: set "
+                                  "training.lr_scheduler_kwargs.num_decay_steps")
+            kwargs["num_decay_steps"] = max(1, round(0.2 * args["max_steps"]))  # decay over the last 20%
+        args["lr_scheduler_kwargs"] = kwargs
     return args, user
 
 
@@ -117,6 +131,7 @@ def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: boo
         args.pop("metric_for_best_model", None)
     if cfg.data.format == "instruct" and "include_num_input_tokens_seen" not in user:  # tokens/s of varying batches
         args["include_num_input_tokens_seen"] = "non_padding" if cfg.data.packing == "padded" else "all"
+    args.update(optim_setting(cfg.training))
     kwargs = dict(args.get("lr_scheduler_kwargs") or {})
     args["lr_scheduler_kwargs"] = {k: float(v) if isinstance(v, str) else v for k, v in kwargs.items()}
     args["remove_unused_columns"] = False

@@ -106,6 +106,37 @@ class StopOnSignal(TrainerCallback):
         return 128 + int(self.received or signal.SIGINT)
 
 
+class TimeBudget(TrainerCallback):
+    """`training.max_time`: once this many seconds of training have passed, the step that ends past the budget is
+    the last one; the run then evaluates, saves and writes its run folder as at `max_steps`. With several
+    processes the main process's clock decides, so every process stops at the same step."""
+
+    def __init__(self, seconds: float, world_size: int):
+        self.seconds, self.world_size = float(seconds), world_size
+        self.start: float | None = None
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        import time
+
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kw):
+        import time
+
+        over = self.start is not None and time.monotonic() - self.start >= self.seconds
+        if self.world_size > 1:
+            flag = torch.tensor([1.0 if over else 0.0], device=args.device)
+            torch.distributed.broadcast(flag, src=0)
+            over = bool(flag.item())
+        if over and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"
+        return control
+
+
 def nonfinite_error(step: int, what: str, value: float, out: pathlib.Path, fp16: bool) -> RunError:
     from .run_folder import last_complete_checkpoint
 

@@ -69,7 +69,11 @@ class LlmkitTrainer(Trainer):
         # walks every module at every step (about 1% of a small model's step on CPU); the count is taken once.
         if self._non_embedding_parameters is None:
             self._non_embedding_parameters = non_embedding_parameters(self.model)
-        return 6 * inputs["input_ids"].numel() * self._non_embedding_parameters
+        # An optimizer that reports its own work per step (Muon's Newton-Schulz iterations) adds it, spread over
+        # the step's micro-batches.
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # inside accelerate's wrapper
+        extra = getattr(optimizer, "ns_flops", 0) // max(1, self.args.gradient_accumulation_steps)
+        return 6 * inputs["input_ids"].numel() * self._non_embedding_parameters + extra
 
     def _issue_warnings_after_load(self, load_result) -> None:
         # Tied output heads are not saved, so reloading the best checkpoint reports them missing (a false alarm

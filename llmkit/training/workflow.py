@@ -14,8 +14,9 @@ from ..models import build_config
 from ..models.factory import model_from_config
 from .arguments import hub_settings, training_arguments, training_settings
 from .callbacks import FeedbackCallback, sample_kwargs
-from .guards import StopOnSignal, disk_full, disk_full_error, run_lock
+from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, run_lock
 from .lora import apply_lora
+from .optim import check_muon_launch, muon_trainer_kwargs
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
 from .trainer import LlmkitTrainer
 
@@ -41,6 +42,8 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     on_nonfinite = cfg.training.get("on_nonfinite", "stop")
     if on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"training.on_nonfinite={on_nonfinite!r} is unknown; use stop or skip")
+    if cfg.training.get("max_time") is not None and not float(cfg.training["max_time"]) > 0:
+        raise ConfigError(f"training.max_time={cfg.training['max_time']} must be a positive number of seconds")
     out = pathlib.Path(output_dir or training_settings(cfg)[0]["output_dir"])
     resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))  # before any work
     with run_lock(out, enabled=state.is_main_process):
@@ -76,6 +79,10 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
     feedback = FeedbackCallback(cfg, tokenizer, tokens_per_step, out)
     stopper = StopOnSignal(world)
     callbacks = [feedback, stopper, *callbacks]
+    budget = None
+    if cfg.training.get("max_time") is not None:
+        budget = TimeBudget(cfg.training["max_time"], world)
+        callbacks.append(budget)
     patience = cfg.training.get("early_stopping_patience")
     if patience:
         from transformers import EarlyStoppingCallback
@@ -89,6 +96,7 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         from .distill import DistillationTrainer, load_teacher
 
         trainer_cls, extra = DistillationTrainer, {"teacher": load_teacher(cfg, tokenizer), "distill": cfg.distill}
+    extra.update(muon_trainer_kwargs(cfg.training, args))
     trainer = trainer_cls(
         model=model,
         args=args,
@@ -142,6 +150,8 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
         "skipped_nonfinite_steps": trainer.skipped_steps,
         "best_checkpoint": trainer.state.best_model_checkpoint,
+        "optimizer": cfg.training.get("optimizer", "adamw"),
+        **({"stopped_by_max_time_at_step": budget.stopped_at} if budget and budget.stopped_at is not None else {}),
         **{k: v for k, v in evaluation.items() if k.startswith("eval_")},
     }
     save_model(trainer, out, base=cfg.model.from_pretrained, stock_arch=stock_arch, is_main=state.is_main_process)
@@ -209,7 +219,7 @@ def check_launch(cfg: Config, state) -> None:
     """Refuse at start, with one line, what a launch mode cannot do (never a hang or a silent fallback)."""
     from accelerate.utils import DistributedType, parse_flag_from_env
 
-    sharded = False
+    sharded = None
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
         if state.distributed_type != DistributedType.FSDP:
             raise ConfigError(
@@ -222,13 +232,14 @@ def check_launch(cfg: Config, state) -> None:
         if os.environ.get("FSDP_VERSION", "1") != "2":
             raise ConfigError("llmkit runs FSDP2 (fully_shard): set fsdp_version: 2 in the accelerate config "
                               "(configs/accelerate/fsdp.yaml)")
-        sharded = True
+        sharded = "FSDP"
     if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError('the launch asks for DeepSpeed, which is not installed: pip install "llmkit[deepspeed]"')
-        sharded = True
+        sharded = "DeepSpeed ZeRO"
+    check_muon_launch(cfg.training, sharded)
     if sharded and cfg.model.from_pretrained and cfg.model.arch == "llmkit-gpt" and _is_stock(cfg):
         raise ConfigError("model.arch=llmkit-gpt on a pretrained GPT-2 saves by converting back, which needs the "
                           "whole model in one process; under FSDP or DeepSpeed train the stock model "

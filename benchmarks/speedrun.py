@@ -1,0 +1,226 @@
+"""Time to quality: `llmkit train configs/shakespeare-char-speedrun.yaml` against nanoGPT's CPU recipe, in one run.
+
+nanoGPT is its own `train.py` (benchmarks/nanogpt/, unmodified, MIT), run with the README's CPU command
+(4/4/128, block 64, batch 12, 2000 iterations, `--compile=False`) on the data its `prepare.py` makes. llmkit is
+the `llmkit` command. Each is one whole process, timed from start to exit after data preparation (imports,
+evaluations, checkpoints, samples and plots included), one after the other: nanoGPT before and after llmkit,
+since this machine's speed drifts over minutes.
+
+One evaluator scores every final model: mean next-character loss over the last 10% of the play (nanoGPT's
+validation split), in consecutive blocks of 64 characters, fp32. The target is nanoGPT's final loss under it.
+
+Two tables:
+- the preset, once per seed: whole-process wall time, final loss, and how much faster than nanoGPT it reaches
+  nanoGPT's final loss (the preset's whole run, when its final loss is at or below the target);
+- the levers, one at a time on top of the previous ones, from nanoGPT's recipe in llmkit to the preset: each run
+  evaluates every `--eval-every` steps, and its time to the target is when the first evaluation at or below the
+  target is printed (stdout is read as it comes), so the extra evaluations count against it.
+
+    python benchmarks/speedrun.py [--seeds 1 2] [--no-levers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from _common import SHAKESPEARE, report
+from torch.nn import functional as F
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NANOGPT = REPO / "benchmarks" / "nanogpt"
+PRESET = REPO / "configs" / "shakespeare-char-speedrun.yaml"
+CPU_PRESET = REPO / "configs" / "shakespeare-char-cpu.yaml"
+NANOGPT_CPU = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+               "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+               "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+BLOCK = 64
+
+# Levers, each added to the ones above it: (name, config, overrides). The first is nanoGPT's recipe in llmkit
+# (its model with learned positions, AdamW, cosine, fp32); the last is the preset as shipped.
+LEVERS = [
+    ("nanoGPT's recipe in llmkit (AdamW 1e-3, cosine, 2000 steps, fp32)", CPU_PRESET,
+     ["model.position_embedding_type=learned", "training.bf16=false"]),
+    ("+ rotary positions (shakespeare-char-cpu)", CPU_PRESET, ["training.bf16=false"]),
+    ("+ bf16 autocast", CPU_PRESET, ["training.bf16=true"]),
+    ("+ AdamW lr 2e-3", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3"]),
+    ("+ Muon on the matrices", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3",
+                                            "training.optimizer=muon"]),
+    ("the preset (all levers)", PRESET, []),
+]
+
+
+def run_timed(cmd: list[str], cwd: pathlib.Path, pattern: re.Pattern) -> dict:
+    """Run one process; timestamp every stdout/stderr line matching `pattern` (groups: step, loss) as it arrives."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    evals, tail = [], []
+    for line in proc.stdout:
+        tail = (tail + [line])[-40:]
+        match = pattern.search(line)
+        if match:
+            evals.append((time.perf_counter() - start, int(match.group(1)), float(match.group(2))))
+    proc.wait()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(tail)}")
+    return {"wall_s": wall, "evals": evals}
+
+
+def val_text() -> str:
+    text = SHAKESPEARE.read_text()
+    return text[int(len(text) * 0.9):]  # nanoGPT's prepare.py: the last 10%
+
+
+@torch.no_grad()
+def score(model, ids: list[int]) -> float:
+    """Mean next-token loss over consecutive blocks of BLOCK tokens with their next tokens (fp32)."""
+    n = (len(ids) - 1) // BLOCK
+    data = torch.tensor(ids[: n * BLOCK + 1])
+    x = torch.stack([data[i * BLOCK : (i + 1) * BLOCK] for i in range(n)])
+    y = torch.stack([data[i * BLOCK + 1 : (i + 1) * BLOCK + 1] for i in range(n)])
+    total = 0.0
+    for xb, yb in zip(x.split(64), y.split(64)):
+        logits = model(xb)
+        logits = logits[0] if isinstance(logits, tuple) else logits.logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum").item()
+    return total / (n * BLOCK)
+
+
+def score_nanogpt(out_dir: pathlib.Path) -> float:
+    sys.path.insert(0, str(NANOGPT))
+    try:
+        from model import GPT, GPTConfig
+    finally:
+        sys.path.pop(0)
+    ckpt = torch.load(out_dir / "ckpt.pt", map_location="cpu", weights_only=True)
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+    model.eval()
+    chars = sorted(set(SHAKESPEARE.read_text()))
+    stoi = {c: i for i, c in enumerate(chars)}
+
+    class Full(torch.nn.Module):  # nanoGPT's forward returns the last position only without targets
+        def forward(self, idx):
+            b, t = idx.shape
+            x = model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(torch.arange(t)))
+            for block in model.transformer.h:
+                x = block(x)
+            return model.lm_head(model.transformer.ln_f(x)), None
+
+    return score(Full(), [stoi[c] for c in val_text()])
+
+
+def score_llmkit(run: pathlib.Path) -> float:
+    from llmkit.models.loading import load_model
+
+    model, tokenizer = load_model(str(run), device="cpu")
+    model.float().eval()
+    return score(model, tokenizer(val_text(), add_special_tokens=False)["input_ids"])
+
+
+def nanogpt(work: pathlib.Path, name: str) -> dict:
+    out = work / f"out-{name}"
+    result = run_timed([sys.executable, "train.py", *NANOGPT_CPU, f"--out_dir={out}"], work / "nanogpt",
+                       re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)"))
+    result["loss"] = score_nanogpt(out)
+    shutil.rmtree(out)
+    return result
+
+
+def llmkit(work: pathlib.Path, config: pathlib.Path, overrides: list[str], name: str) -> dict:
+    out = work / f"run-{name}"
+    base = [f"data.source={SHAKESPEARE}", f"data.cache_dir={work / 'cache'}", f"training.output_dir={out}",
+            "training.report_to=none", "training.disable_tqdm=true"]
+    result = run_timed([sys.executable, "-m", "llmkit.cli", "train", str(config), *base, *overrides], work,
+                       re.compile(r"step (\d+)/\d+ \| eval loss ([\d.]+)"))
+    result["loss"] = score_llmkit(out)
+    shutil.rmtree(out)
+    return result
+
+
+def time_to(target: float, result: dict) -> float | None:
+    hit = [t for t, _, loss in result["evals"] if loss <= target]
+    return hit[0] if hit else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-levers", action="store_true")
+    parser.add_argument("--eval-every", type=int, default=100, help="lever runs: steps between evaluations")
+    args = parser.parse_args()
+    if not SHAKESPEARE.exists():
+        raise SystemExit(f"{SHAKESPEARE} not found: this benchmark needs ../shared beside the checkout")
+    work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-speedrun-"))
+    try:
+        shutil.copytree(NANOGPT, work / "nanogpt")
+        data = work / "nanogpt" / "data" / "shakespeare_char"
+        shutil.copy(SHAKESPEARE, data / "input.txt")
+        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+        for config in {PRESET, CPU_PRESET}:  # tokenized once, before any timing
+            subprocess.run([sys.executable, "-m", "llmkit.cli", "prepare", str(config), f"data.source={SHAKESPEARE}",
+                            f"data.cache_dir={work / 'cache'}"], cwd=work, check=True, capture_output=True)
+
+        before = nanogpt(work, "before")
+        print(f"nanoGPT (before): {before['wall_s']:.1f} s, final loss {before['loss']:.4f}", flush=True)
+        preset = {}
+        for seed in args.seeds:
+            preset[seed] = llmkit(work, PRESET, [f"training.seed={seed}"], f"preset-{seed}")
+            print(f"preset seed {seed}: {preset[seed]['wall_s']:.1f} s, final loss {preset[seed]['loss']:.4f}",
+                  flush=True)
+        levers = {}
+        if not args.no_levers:
+            for name, config, overrides in LEVERS:
+                every = [f"training.eval_steps={args.eval_every}", f"training.save_steps={args.eval_every}",
+                         "training.load_best_model_at_end=false", "training.save_total_limit=1"]
+                levers[name] = llmkit(work, config, [*overrides, *every, f"training.seed={args.seeds[0]}"],
+                                      f"lever-{len(levers)}")
+                print(f"{name}: {levers[name]['wall_s']:.1f} s, final loss {levers[name]['loss']:.4f}", flush=True)
+        after = nanogpt(work, "after")
+        print(f"nanoGPT (after): {after['wall_s']:.1f} s, final loss {after['loss']:.4f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    nano_wall = (before["wall_s"] + after["wall_s"]) / 2
+    target = (before["loss"] + after["loss"]) / 2
+    rows = [{"run": "nanoGPT train.py, CPU recipe (mean of before/after)", "seed": 1337, "wall_s": nano_wall,
+             "final_loss": target, "time_to_target_s": nano_wall, "speedup": 1.0}]
+    for seed, r in preset.items():
+        reached = r["loss"] <= target
+        rows.append({"run": "llmkit train shakespeare-char-speedrun.yaml", "seed": seed, "wall_s": r["wall_s"],
+                     "final_loss": r["loss"], "time_to_target_s": r["wall_s"] if reached else None,
+                     "speedup": nano_wall / r["wall_s"] if reached else None})
+    print(f"\ntarget: nanoGPT's final loss {target:.4f} (before {before['loss']:.4f}, after {after['loss']:.4f}); "
+          f"nanoGPT wall {before['wall_s']:.1f} s / {after['wall_s']:.1f} s\n")
+    lever_rows = []
+    for name, r in levers.items():
+        t = time_to(target, r)
+        lever_rows.append({"lever": name, "wall_s": r["wall_s"], "final_loss": r["loss"],
+                           "first_eval_at_target_step": next((s for _, s, loss in r["evals"] if loss <= target), None),
+                           "time_to_target_s": t, "speedup": nano_wall / t if t else None})
+    report("speedrun", rows, {"target_loss": target, "nanogpt": {"before": before, "after": after},
+                              "levers": lever_rows, "eval_every": args.eval_every, "seeds": args.seeds})
+    if lever_rows:
+        from _common import print_table
+
+        print()
+        print_table(lever_rows)
+    speedups = [r["speedup"] for r in rows[1:]]
+    verdict = all(s is not None and s >= 3 for s in speedups)
+    print(f"\n{'PASS' if verdict else 'FAIL'}: preset reaches nanoGPT's final loss "
+          + ", ".join(f"{s:.2f}x" if s else "never" for s in speedups) + " faster (goal: 3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Optimizers as a config choice: `training.optimizer` is `adamw` (the default), `muon`, or any of transformers'
+`optim` names (`adamw_torch`, `adafactor`, `sgd`, ...).
+
+Design choices:
+- `muon` is PyTorch's `torch.optim.Muon` on the hidden matrices (every 2-D weight inside the blocks) and AdamW on
+  the rest (embeddings, the output head, norms, biases), as in the Muon paper and modded-nanogpt. Each side has its
+  own learning rate and weight decay: AdamW takes `training.learning_rate`/`weight_decay` (decay on matrices only,
+  llmkit's rule), Muon takes `training.muon.{lr, momentum, weight_decay, nesterov, ns_steps, adjust_lr_fn}`.
+  The schedule (`lr_scheduler_type`) scales both.
+- It reaches the Trainer the supported way: a factory in `optimizer_cls_and_kwargs`, which the Trainer calls with
+  the model. The two optimizers are one `torch.optim.Optimizer` to the Trainer (`MuonWithAdamW`: one list of param
+  groups, one state, so the LR scheduler, gradient clipping and checkpoint save/resume see a single optimizer).
+  That wrapper is llmkit's; the update rules are PyTorch's.
+- Muon orthogonalizes each whole matrix. Under FSDP or DeepSpeed a process holds a slice (a row block, or a
+  flattened 1-D partition) and Muon would orthogonalize the slice: a different update, silently. Both are
+  refused at start; data parallel (every process holds every matrix) is supported.
+- The Newton-Schulz iterations are counted in the run's FLOPs (`total_flos`): per matrix of m x n (m <= n) and
+  step, `ns_steps * (4 m^2 n + 2 m^3)`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+
+MUON_DEFAULTS = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0, "nesterov": True, "ns_steps": 5,
+                 "adjust_lr_fn": "original", "params": None}
+
+
+def optimizer_name(training: dict) -> str:
+    """`training.optimizer`, mapped onto transformers' `optim` when it is not llmkit's own."""
+    name = training.get("optimizer", "adamw")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"training.optimizer={name!r}: give a name, such as adamw or muon")
+    return name
+
+
+def optim_setting(training: dict) -> dict:
+    """The TrainingArguments `optim` that `training.optimizer` stands for ({} for muon, which is a factory)."""
+    from transformers.training_args import OptimizerNames
+
+    name = optimizer_name(training)
+    if "optim" in training and "optimizer" in training:
+        raise ConfigError("training.optim and training.optimizer both set; keep training.optimizer")
+    if name == "muon":
+        return {}
+    if name == "adamw":
+        return {"optim": "adamw_torch_fused"}
+    known = [o.value for o in OptimizerNames]
+    if name not in known:
+        from difflib import get_close_matches
+
+        near = get_close_matches(name, ["adamw", "muon", *known], n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"training.optimizer={name} is unknown{hint}; use adamw, muon or one of transformers' "
+                          "optim names (adamw_torch, adafactor, sgd, ...)")
+    return {"optim": name}
+
+
+def muon_settings(training: dict) -> dict:
+    given = training.get("muon") or {}
+    if not isinstance(given, dict):
+        raise ConfigError("training.muon must be a mapping, such as {lr: 0.02, momentum: 0.95}")
+    unknown = sorted(set(given) - set(MUON_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key training.muon.{unknown[0]}; the keys are {', '.join(MUON_DEFAULTS)}")
+    settings = {**MUON_DEFAULTS, **given}
+    for key in ("lr", "momentum", "weight_decay"):
+        try:
+            settings[key] = float(settings[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"training.muon.{key}={settings[key]!r} is not a number") from None
+        if settings[key] < 0:
+            raise ConfigError(f"training.muon.{key}={settings[key]} must be >= 0")
+    if settings["adjust_lr_fn"] not in ("original", "match_rms_adamw", None):
+        raise ConfigError(f"training.muon.adjust_lr_fn={settings['adjust_lr_fn']!r}: use original or match_rms_adamw")
+    return settings
+
+
+def split_for_muon(model: nn.Module, patterns: list[str] | None = None) -> tuple[list, list]:
+    """(Muon's (name, parameter) pairs, AdamW's): by default the trainable 2-D weights that are neither an embedding
+    nor the output head; `patterns` (regexes on parameter names) choose instead, and must name only matrices."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if patterns:
+        chosen = [(n, p) for n, p in trainable if any(re.search(pat, n) for pat in patterns)]
+        flat = [(n, tuple(p.shape)) for n, p in chosen if p.ndim != 2]
+        if flat:
+            name, shape = flat[0]
+            raise ConfigError(f"training.muon.params matches {name} of shape {list(shape)}: Muon updates only 2-D "
+                              "matrices; narrow the pattern (biases, norms and embeddings stay with AdamW)")
+        if not chosen:
+            raise ConfigError(f"training.muon.params {patterns} matches no trainable parameter")
+    else:
+        outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is not None:
+            outside.add(id(head.weight))
+        chosen = [(n, p) for n, p in trainable if p.ndim == 2 and id(p) not in outside]
+        if not chosen:
+            raise ConfigError("training.optimizer=muon: the model has no hidden matrix to train with Muon")
+    sliced = [n for n, p in chosen if _is_slice(p)]
+    if sliced:
+        raise ConfigError(f"training.optimizer=muon: {sliced[0]} is sharded across processes (FSDP or DeepSpeed), and "
+                          "Muon needs each whole matrix; launch with data parallel (configs/accelerate/ddp.yaml) or use "
+                          "training.optimizer=adamw")
+    ids = {id(p) for _, p in chosen}
+    return chosen, [(n, p) for n, p in trainable if id(p) not in ids]
+
+
+def _is_slice(p) -> bool:
+    """A parameter this process holds only part of: an FSDP2 DTensor sharded on some dimension, or a DeepSpeed
+    ZeRO-3 partition (`ds_shape`). A replicated DTensor is whole."""
+    if hasattr(p, "ds_shape"):
+        return True
+    placements = getattr(p, "placements", None)
+    return placements is not None and any(pl.is_shard() for pl in placements)
+
+
+def muon_flops(named: list) -> int:
+    """FLOPs of Muon's Newton-Schulz iterations for one optimizer step (ns_steps applied by the caller)."""
+    total = 0
+    for _, p in named:
+        m, n = sorted(p.shape)
+        total += 4 * m * m * n + 2 * m**3
+    return total
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """`torch.optim.Muon` on some parameters and `torch.optim.AdamW` on the others, as one optimizer: the param
+    groups (tagged `"optimizer": "muon"|"adamw"`) and the state are shared with the two inner optimizers, so
+    schedulers, clipping, `state_dict()` and `load_state_dict()` work on the whole."""
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_kwargs: dict, adamw_kwargs: dict):
+        self.muon = torch.optim.Muon([dict(g, optimizer="muon") for g in muon_groups], **muon_kwargs)
+        self.adamw = torch.optim.AdamW([dict(g, optimizer="adamw") for g in adamw_groups], **adamw_kwargs)
+        # defaults["lr"]: the AdamW side's, which schedules given an absolute `min_lr` divide by (a ratio both follow)
+        super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {"lr": adamw_kwargs["lr"]})
+        self._link()
+
+    def _link(self) -> None:
+        self.muon.param_groups = [g for g in self.param_groups if g["optimizer"] == "muon"]
+        self.adamw.param_groups = [g for g in self.param_groups if g["optimizer"] == "adamw"]
+        self.muon.state = self.adamw.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+
+class MuonFactory:
+    """What `Trainer(optimizer_cls_and_kwargs=(MuonFactory, kwargs))` instantiates and calls with the model."""
+
+    def __call__(self, model: nn.Module, *, muon: dict, lr: float, weight_decay: float, betas, eps: float,
+                 fused: bool) -> MuonWithAdamW:
+        muon_named, rest = split_for_muon(model, muon.get("params"))
+        decay = [p for _, p in rest if p.ndim >= 2]
+        no_decay = [p for _, p in rest if p.ndim < 2]
+        adamw_groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        muon_kwargs = {k: muon[k] for k in ("lr", "momentum", "weight_decay", "nesterov", "ns_steps", "adjust_lr_fn")}
+        optimizer = MuonWithAdamW([{"params": [p for _, p in muon_named]}], adamw_groups, muon_kwargs,
+                                  {"lr": lr, "betas": betas, "eps": eps, "fused": fused})
+        optimizer.ns_flops = muon["ns_steps"] * muon_flops(muon_named)
+        return optimizer
+
+
+def muon_trainer_kwargs(training: dict, args) -> dict:
+    """`optimizer_cls_and_kwargs` for the Trainer when `training.optimizer` is muon, else {}."""
+    if optimizer_name(training) != "muon":
+        if training.get("muon"):
+            raise ConfigError("training.muon is set but training.optimizer is not muon; set training.optimizer: muon")
+        return {}
+    kwargs = dict(muon=muon_settings(training), lr=args.learning_rate, weight_decay=args.weight_decay,
+                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                  fused=args.optim == "adamw_torch_fused")
+    return {"optimizer_cls_and_kwargs": (MuonFactory, kwargs)}
+
+
+def check_muon_launch(training: dict, sharded: str | None) -> None:
+    """Muon needs whole matrices: refuse it under a launch that slices them."""
+    if sharded and optimizer_name(training) == "muon":
+        raise ConfigError(f"training.optimizer=muon needs each process to hold whole matrices, but {sharded} slices "
+                          "them (Muon would orthogonalize slices: a different update); launch with data parallel "
+                          "(configs/accelerate/ddp.yaml) or use training.optimizer=adamw")
