@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from _common import SHAKESPEARE, report
 from torch.nn import functional as F
@@ -46,34 +45,47 @@ NANOGPT_CPU = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=Fa
 BLOCK = 64
 
 # Levers, each added to the ones above it: (name, config, overrides). The first is nanoGPT's recipe in llmkit
-# (its model with learned positions, AdamW, cosine, fp32); the last is the preset as shipped.
+# (its model with learned positions, AdamW, cosine, fp32); "the preset" is configs/shakespeare-char-speedrun.yaml.
+# Rows marked "(alone)" change one thing of the row above them and are not carried on.
+MUON = ["training.optimizer=muon", "training.muon.lr=0.03"]
+WSD = ["training.lr_scheduler_type=warmup_stable_decay", "training.warmup_steps=10",
+       "training.lr_scheduler_kwargs={}"]  # decays over the last 20% by default
 LEVERS = [
-    ("nanoGPT's recipe in llmkit (AdamW 1e-3, cosine, 2000 steps, fp32)", CPU_PRESET,
+    ("nanoGPT's recipe in llmkit (learned positions, AdamW 1e-3, cosine, batch 12, 2000 steps, fp32)", CPU_PRESET,
      ["model.position_embedding_type=learned", "training.bf16=false"]),
-    ("+ rotary positions (shakespeare-char-cpu)", CPU_PRESET, ["training.bf16=false"]),
-    ("+ bf16 autocast", CPU_PRESET, ["training.bf16=true"]),
+    ("+ rotary positions (shakespeare-char-cpu.yaml in fp32)", CPU_PRESET, ["training.bf16=false"]),
+    ("  bf16 autocast (alone)", CPU_PRESET, ["training.bf16=true"]),
     ("+ AdamW lr 2e-3", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3"]),
-    ("+ Muon on the matrices", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3",
-                                            "training.optimizer=muon"]),
-    ("the preset (all levers)", PRESET, []),
+    ("+ Muon 0.03 on the block matrices", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3", *MUON]),
+    ("+ warmup-stable-decay, 600 steps", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3", *MUON, *WSD,
+                                                     "training.max_steps=600"]),
+    ("+ batch 24, 280 steps, decay over half: the preset", PRESET, []),
+    ("  bf16 autocast (alone)", PRESET, ["training.bf16=true"]),
+    ("  torch.compile (alone)", PRESET, ["training.torch_compile=true"]),
+    ("  AdamW instead of Muon (alone)", PRESET, ["training.optimizer=adamw", "training.muon=null",
+                                                  "training.learning_rate=3e-3"]),
 ]
 
 
 def run_timed(cmd: list[str], cwd: pathlib.Path, pattern: re.Pattern) -> dict:
-    """Run one process; timestamp every stdout/stderr line matching `pattern` (groups: step, loss) as it arrives."""
+    """Run one process; timestamp every output line as it arrives. `evals`: (seconds since start, step, loss) of
+    each line matching `pattern`, and the seconds spent in evaluations up to that line (Trainer's eval_runtime)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    evals, tail = [], []
+    evals, tail, eval_time = [], [], 0.0
     for line in proc.stdout:
         tail = (tail + [line])[-40:]
+        runtime = re.search(r"'eval_runtime': '?([\d.]+)", line)
+        if runtime:
+            eval_time += float(runtime.group(1))
         match = pattern.search(line)
         if match:
-            evals.append((time.perf_counter() - start, int(match.group(1)), float(match.group(2))))
+            evals.append((time.perf_counter() - start, int(match.group(1)), float(match.group(2)), eval_time))
     proc.wait()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(tail)}")
+        return {"wall_s": wall, "evals": evals, "failed": "".join(tail[-3:]).strip()}
     return {"wall_s": wall, "evals": evals}
 
 
@@ -144,14 +156,20 @@ def llmkit(work: pathlib.Path, config: pathlib.Path, overrides: list[str], name:
             "training.report_to=none", "training.disable_tqdm=true"]
     result = run_timed([sys.executable, "-m", "llmkit.cli", "train", str(config), *base, *overrides], work,
                        re.compile(r"step (\d+)/\d+ \| eval loss ([\d.]+)"))
-    result["loss"] = score_llmkit(out)
-    shutil.rmtree(out)
+    result["loss"] = score_llmkit(out) if "failed" not in result else None
+    shutil.rmtree(out, ignore_errors=True)
     return result
 
 
 def time_to(target: float, result: dict) -> float | None:
-    hit = [t for t, _, loss in result["evals"] if loss <= target]
-    return hit[0] if hit else None
+    """Seconds from the process start to the first evaluation at or below the target, less the evaluations made
+    before it (a run that stopped there would not have made them)."""
+    previous = 0.0
+    for t, _, loss, eval_time in result["evals"]:
+        if loss <= target:
+            return t - previous
+        previous = eval_time
+    return None
 
 
 def main():
@@ -159,6 +177,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-levers", action="store_true")
     parser.add_argument("--eval-every", type=int, default=100, help="lever runs: steps between evaluations")
+    parser.add_argument("--levers-only", nargs="*", type=int, help="lever rows to run (indices), default all")
     args = parser.parse_args()
     if not SHAKESPEARE.exists():
         raise SystemExit(f"{SHAKESPEARE} not found: this benchmark needs ../shared beside the checkout")
@@ -177,16 +196,21 @@ def main():
         preset = {}
         for seed in args.seeds:
             preset[seed] = llmkit(work, PRESET, [f"training.seed={seed}"], f"preset-{seed}")
+            if preset[seed]["loss"] is None:
+                raise SystemExit(f"the preset failed: {preset[seed]['failed']}")
             print(f"preset seed {seed}: {preset[seed]['wall_s']:.1f} s, final loss {preset[seed]['loss']:.4f}",
                   flush=True)
         levers = {}
         if not args.no_levers:
-            for name, config, overrides in LEVERS:
+            chosen = args.levers_only if args.levers_only is not None else range(len(LEVERS))
+            for name, config, overrides in [LEVERS[i] for i in chosen]:
                 every = [f"training.eval_steps={args.eval_every}", f"training.save_steps={args.eval_every}",
                          "training.load_best_model_at_end=false", "training.save_total_limit=1"]
                 levers[name] = llmkit(work, config, [*overrides, *every, f"training.seed={args.seeds[0]}"],
                                       f"lever-{len(levers)}")
-                print(f"{name}: {levers[name]['wall_s']:.1f} s, final loss {levers[name]['loss']:.4f}", flush=True)
+                r = levers[name]
+                print(f"{name}: {r['wall_s']:.1f} s, " + (f"final loss {r['loss']:.4f}" if r["loss"] is not None
+                                                          else f"failed: {r['failed']}"), flush=True)
         after = nanogpt(work, "after")
         print(f"nanoGPT (after): {after['wall_s']:.1f} s, final loss {after['loss']:.4f}", flush=True)
     finally:
@@ -207,7 +231,8 @@ def main():
     for name, r in levers.items():
         t = time_to(target, r)
         lever_rows.append({"lever": name, "wall_s": r["wall_s"], "final_loss": r["loss"],
-                           "first_eval_at_target_step": next((s for _, s, loss in r["evals"] if loss <= target), None),
+                           "first_eval_at_target_step": next((s for _, s, loss, _ in r["evals"] if loss <= target),
+                                                             None),
                            "time_to_target_s": t, "speedup": nano_wall / t if t else None})
     report("speedrun", rows, {"target_loss": target, "nanogpt": {"before": before, "after": after},
                               "levers": lever_rows, "eval_every": args.eval_every, "seeds": args.seeds})

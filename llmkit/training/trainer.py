@@ -22,6 +22,7 @@ class LlmkitTrainer(Trainer):
         self.skipped_steps = 0
         self._skip_update = False
         self._non_embedding_parameters: int | None = None
+        self._grad_norm = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """The Trainer's step; a NaN or infinite loss stops the run here, before the optimizer applies it
@@ -39,7 +40,10 @@ class LlmkitTrainer(Trainer):
         step = optimizer.step
 
         def guarded_step(*args, **kwargs):  # a non-finite gradient never reaches the weights
-            if self._skip_update or not grads_finite(p for g in optimizer.param_groups for p in g["params"]):
+            norm, self._grad_norm = self._grad_norm, None  # the Trainer's own norm of this step, when it took one
+            finite = (grads_finite(p for g in optimizer.param_groups for p in g["params"]) if norm is None
+                      else math.isfinite(float(norm)))
+            if self._skip_update or not finite:
                 if not self._skip_update:
                     self._nonfinite("gradient norm", float("nan"))
                 self._skip_update = False
@@ -50,6 +54,12 @@ class LlmkitTrainer(Trainer):
         optimizer.step = guarded_step
         optimizer._llmkit_guarded = True
         return optimizer
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # The total gradient norm the Trainer computes before every optimizer step (for clipping and the log): a
+        # NaN or inf in any gradient makes it non-finite, so the guard reads it instead of taking norms again.
+        self._grad_norm = super()._get_grad_norm(model, grad_norm)
+        return self._grad_norm
 
     def _nonfinite(self, what: str, value: float) -> None:
         if self.on_nonfinite == "skip":
