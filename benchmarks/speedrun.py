@@ -54,15 +54,15 @@ LEVERS = [
     ("nanoGPT's recipe in llmkit (learned positions, AdamW 1e-3, cosine, batch 12, 2000 steps, fp32)", CPU_PRESET,
      ["model.position_embedding_type=learned", "training.bf16=false"]),
     ("+ rotary positions (shakespeare-char-cpu.yaml in fp32)", CPU_PRESET, ["training.bf16=false"]),
-    ("  bf16 autocast (alone)", CPU_PRESET, ["training.bf16=true"]),
+    ("  bf16 autocast (alone, on the row above)", CPU_PRESET, ["training.bf16=true"]),
     ("+ AdamW lr 2e-3", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3"]),
     ("+ Muon 0.03 on the block matrices", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3", *MUON]),
     ("+ warmup-stable-decay, 600 steps", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3", *MUON, *WSD,
                                                      "training.max_steps=600"]),
     ("+ batch 24, 280 steps, decay over half: the preset", PRESET, []),
-    ("  bf16 autocast (alone)", PRESET, ["training.bf16=true"]),
-    ("  torch.compile (alone)", PRESET, ["training.torch_compile=true"]),
-    ("  AdamW instead of Muon (alone)", PRESET, ["training.optimizer=adamw", "training.muon=null",
+    ("  bf16 autocast (alone, on the preset)", PRESET, ["training.bf16=true"]),
+    ("  torch.compile (alone, on the preset)", PRESET, ["training.torch_compile=true"]),
+    ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                   "training.learning_rate=3e-3"]),
 ]
 
@@ -138,7 +138,7 @@ def score_llmkit(run: pathlib.Path) -> float:
 
     model, tokenizer = load_model(str(run), device="cpu")
     model.float().eval()
-    return score(model, tokenizer(val_text(), add_special_tokens=False)["input_ids"])
+    return score(model, tokenizer(val_text(), add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def nanogpt(work: pathlib.Path, name: str) -> dict:
@@ -200,7 +200,7 @@ def main():
                 raise SystemExit(f"the preset failed: {preset[seed]['failed']}")
             print(f"preset seed {seed}: {preset[seed]['wall_s']:.1f} s, final loss {preset[seed]['loss']:.4f}",
                   flush=True)
-        levers = {}
+        levers = {}  # names are unique
         if not args.no_levers:
             chosen = args.levers_only if args.levers_only is not None else range(len(LEVERS))
             for name, config, overrides in [LEVERS[i] for i in chosen]:

@@ -184,7 +184,7 @@ class Config:
 LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoint": str | bool | None,
                           "on_nonfinite": str,  # stop (default) | skip: a NaN/inf loss or gradient
                           "optimizer": str,  # adamw (default) | muon | a transformers optim name
-                          "muon": dict,  # Muon's own settings (training/optim.py)
+                          "muon": dict | None,  # Muon's own settings (training/optim.py)
                           "max_time": float}  # seconds of training, then the final evaluation and save
 
 

@@ -82,9 +82,10 @@ def readme_commands() -> list[tuple[str, str]]:
             commands += [("main", part.strip()) for part in line.split("&&")]
     for row in re.findall(r"^\| `(.+?)` \|", sections["Commands"], flags=re.M):
         commands.append(("main", row.replace(r"\|", "|")))
-    for block in _bash_blocks(sections["Fine-tuning"]):
-        for line in block.strip().splitlines():
-            commands.append(("finetune", line.split("#")[0].strip()))
+    for title in ("Fine-tuning", "Instruction tuning and distillation", "Time to quality"):
+        for block in _bash_blocks(sections[title]):
+            for line in block.strip().splitlines():
+                commands.append(("finetune", line.split("#")[0].strip()))
     return commands
 
 
@@ -243,6 +244,9 @@ def check_purpose(argv: list[str], out: str, err: str, cwd: pathlib.Path, state:
         prompt = args[args.index("--prompt") + 1] if "--prompt" in args else state.get("stdin")
         if "--prompt-file" in args:
             prompt = (cwd / args[args.index("--prompt-file") + 1]).read_text()
+        if "--chat" in args:
+            assert out.strip() and "<|assistant|>" not in out and "<|user|>" not in out, out  # the answer alone
+            return "an answer, without the template's markers"
         if "--json" in args:
             line = json.loads(out)
             assert line["prompt"] == prompt and len(line["samples"]) == 1 and line["samples"][0]
@@ -269,6 +273,10 @@ def check_purpose(argv: list[str], out: str, err: str, cwd: pathlib.Path, state:
             return "text"
         assert out.startswith(prompt.rstrip("\n")) and len(out) > len(prompt) + 1, (prompt, out)
         return "continues the prompt"
+    if cmd == "evaluate" and "--output" not in args:
+        n_models = len([a for a in args[: args.index("--data")] if not a.startswith("-")])
+        assert out.count("\n") >= n_models + 1 and "loss" in out, out  # a header and one row per model
+        return "one table"
     if cmd == "evaluate":
         report = json.loads((cwd / args[args.index("--output") + 1]).read_text())
         rows = report if isinstance(report, list) else report.get("models", report.get("results"))

@@ -182,12 +182,22 @@ def muon_trainer_kwargs(training: dict, args) -> dict:
     """`optimizer_cls_and_kwargs` for the Trainer when `training.optimizer` is muon, else {}."""
     if optimizer_name(training) != "muon":
         if training.get("muon"):
-            raise ConfigError("training.muon is set but training.optimizer is not muon; set training.optimizer: muon")
+            raise ConfigError("training.muon is set but training.optimizer is not muon; set training.optimizer=muon, "
+                              "or training.muon=null to drop the section")
         return {}
     kwargs = dict(muon=muon_settings(training), lr=args.learning_rate, weight_decay=args.weight_decay,
                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                   fused=args.optim == "adamw_torch_fused")
     return {"optimizer_cls_and_kwargs": (MuonFactory, kwargs)}
+
+
+def validate_optimizer(training: dict) -> None:
+    """Every optimizer setting checked before any work (data, model): one line for the first problem."""
+    optim_setting(training)
+    if optimizer_name(training) == "muon":
+        muon_settings(training)
+    elif training.get("muon"):
+        muon_trainer_kwargs(training, None)  # raises: a muon section without the muon optimizer
 
 
 def check_muon_launch(training: dict, sharded: str | None) -> None:

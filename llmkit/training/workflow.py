@@ -16,7 +16,7 @@ from .arguments import hub_settings, training_arguments, training_settings
 from .callbacks import FeedbackCallback, sample_kwargs
 from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, run_lock
 from .lora import apply_lora
-from .optim import check_muon_launch, muon_trainer_kwargs
+from .optim import check_muon_launch, muon_trainer_kwargs, validate_optimizer
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
 from .trainer import LlmkitTrainer
 
@@ -42,6 +42,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     on_nonfinite = cfg.training.get("on_nonfinite", "stop")
     if on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"training.on_nonfinite={on_nonfinite!r} is unknown; use stop or skip")
+    validate_optimizer(cfg.training)
     if cfg.training.get("max_time") is not None and not float(cfg.training["max_time"]) > 0:
         raise ConfigError(f"training.max_time={cfg.training['max_time']} must be a positive number of seconds")
     out = pathlib.Path(output_dir or training_settings(cfg)[0]["output_dir"])

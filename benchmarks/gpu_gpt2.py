@@ -1,0 +1,134 @@
+"""GPT-2 124M (12/12/768, context 1024) in bf16 on one GPU: tokens/s and MFU of `llmkit train` with AdamW and with
+Muon, and of nanoGPT's own train.py (benchmarks/nanogpt/, `--compile=True`) in the same call.
+
+Both train on the same tokens (the built-in corpus, tokenized by a 50,304-entry byte-level BPE that llmkit trains
+here, so nothing is downloaded), batch 16 x 1024, for `--steps` steps; the first `--warmup` steps are left out.
+MFU uses nanoGPT's FLOP count (6N + 12 L H Q T per token, N without position embeddings) against the GPU's dense
+bf16 peak (`--peak-tflops`, default from the device name: H100/H200 989, A100 312, L4 121). On a machine
+without CUDA it runs a tiny smoke version on CPU (`--smoke`), which checks the script, not the speed.
+
+    python benchmarks/gpu_gpt2.py [--steps 60] [--peak-tflops 989]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from _common import report
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NANOGPT = REPO / "benchmarks" / "nanogpt"
+PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops(arg: float | None) -> float:
+    if arg:
+        return arg * 1e12
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return next((v for k, v in PEAKS.items() if k in name), 989e12)
+
+
+def flops_per_token(n_params_no_pos: int, layers: int, heads: int, width: int, context: int) -> float:
+    return 6 * n_params_no_pos + 12 * layers * heads * (width // heads) * context
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script runs")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        raise SystemExit("no CUDA device: run on a GPU machine, or pass --smoke to check the script on CPU")
+    layers, heads, width, context, batch, vocab = (12, 12, 768, 1024, 16, 50304) if cuda else (2, 2, 64, 64, 4, 512)
+    steps, warmup = (args.steps, args.warmup) if cuda else (6, 2)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-gpu-"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    try:
+        common = [f"data.cache_dir={work / 'cache'}", "data.source=builtin", "tokenizer.kind=bpe",
+                  f"tokenizer.vocab_size={vocab}", f"model.n_layer={layers}", f"model.n_head={heads}",
+                  f"model.n_embd={width}", f"model.n_positions={context}", "model.position_embedding_type=learned",
+                  "model.bias=false", f"training.per_device_train_batch_size={batch}", f"training.max_steps={steps}",
+                  "training.eval_strategy=no", "training.save_strategy=no", "training.load_best_model_at_end=false",
+                  "training.logging_steps=1", "training.report_to=none", "training.disable_tqdm=true",
+                  "sample.max_new_tokens=0", f"training.bf16={str(cuda).lower()}", "data.val_ratio=0.01"]
+        subprocess.run([sys.executable, "-m", "llmkit.cli", "prepare", *common], cwd=work, env=env, check=True,
+                       capture_output=True)
+        rows = []
+        for name, extra in (("llmkit, AdamW (fused)", []),
+                            ("llmkit, Muon + AdamW", ["training.optimizer=muon", "training.muon.lr=0.02"]),
+                            ("llmkit, AdamW, torch.compile", ["training.torch_compile=true"])):
+            out = work / "run"
+            proc = subprocess.run([sys.executable, "-m", "llmkit.cli", "train", *common, *extra,
+                                   f"training.output_dir={out}"], cwd=work, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                rows.append({"run": name, "tokens_per_s": None, "mfu": None, "note": proc.stderr.strip()[-200:]})
+                continue
+            history = json.loads((out / "log_history.json").read_text())
+            metrics = json.loads((out / "metrics.json").read_text())
+            n = metrics["num_parameters"] - context * width  # without the position table, as nanoGPT counts
+            rows.append({"run": name, "tokens_per_s": metrics["train_tokens_per_second"],
+                         "mfu": metrics["train_tokens_per_second"] * flops_per_token(n, layers, heads, width, context)
+                         / peak_flops(args.peak_tflops), "note": f"{len(history)} log entries"})
+            shutil.rmtree(out)
+        # nanoGPT on the same tokens: train.bin/val.bin from llmkit's cache, its own loop and MFU estimate
+        tokens = _cached_tokens(work / "cache")
+        data = work / "nanogpt" / "data" / "llmkit"
+        shutil.copytree(NANOGPT, work / "nanogpt")
+        data.mkdir(parents=True)
+        tokens[: int(len(tokens) * 0.95)].astype(np.uint16).tofile(data / "train.bin")
+        tokens[int(len(tokens) * 0.95):].astype(np.uint16).tofile(data / "val.bin")
+        device = "cuda" if cuda else "cpu"
+        cmd = [sys.executable, "train.py", "--dataset=llmkit", f"--device={device}", f"--compile={cuda}",
+               f"--n_layer={layers}", f"--n_head={heads}", f"--n_embd={width}", f"--block_size={context}",
+               f"--batch_size={batch}", "--gradient_accumulation_steps=1", f"--max_iters={steps}",
+               "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--dtype={'bfloat16' if cuda else 'float32'}",
+               "--always_save_checkpoint=False", f"--out_dir={work / 'nano-out'}"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=work / "nanogpt", env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            rows.append({"run": "nanoGPT train.py", "tokens_per_s": None, "mfu": None, "note": proc.stderr[-200:]})
+        else:
+            ms = [float(m.group(1)) for m in re.finditer(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
+            ms = ms[warmup:] or ms
+            tps = batch * context / (np.median(ms) / 1000)
+            n = _nanogpt_params(proc.stdout)
+            rows.append({"run": "nanoGPT train.py" + (" (compile)" if cuda else ""), "tokens_per_s": tps,
+                         "mfu": tps * flops_per_token(n, layers, heads, width, context) / peak_flops(args.peak_tflops),
+                         "note": f"{time.perf_counter() - start:.0f} s process"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    device_name = torch.cuda.get_device_name() if cuda else "cpu (smoke)"
+    report("gpu_gpt2" if cuda else "gpu_gpt2_smoke", rows, {"device": device_name, "shape": [layers, heads, width,
+                                                                                             context, batch]})
+
+
+def _cached_tokens(cache: pathlib.Path) -> np.ndarray:
+    """The train split llmkit prepared (`<cache>/<hash>/train.bin`, dtype in meta.json)."""
+    files = sorted(cache.glob("*/train.bin"))
+    if not files:
+        raise SystemExit(f"no tokenized train split under {cache}")
+    dtype = json.loads((files[0].parent / "meta.json").read_text())["dtype"]
+    return np.fromfile(files[0], dtype=dtype)
+
+
+def _nanogpt_params(stdout: str) -> int:
+    m = re.search(r"number of parameters: ([\d.]+)M", stdout)
+    return int(float(m.group(1)) * 1e6) if m else 0
+
+
+if __name__ == "__main__":
+    main()
