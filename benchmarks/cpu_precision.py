@@ -1,9 +1,12 @@
 """bf16 autocast or fp32 on this CPU, per model width: the measurement behind llmkit's default
 (`training/arguments.py: mixed_precision`, `CPU_BF16_MIN_WIDTH`).
 
-llmkit-gpt (4 layers, heads of 32 to 64, rotary positions) at widths 128 to 768, a training step (forward,
-backward, fused AdamW) on 8 x 256 tokens, fp32 against bf16 autocast, alternating in this process; median of
-`--iters` steps after warm-up. Where bf16 is not faster, llmkit trains in fp32 by default on CPUs.
+llmkit-gpt (4 layers, heads of 32 to 64, rotary positions): a training step (forward, backward, fused AdamW), fp32
+against bf16 autocast, alternating in this process; median of `--iters` steps after warm-up. Two families: a BPE
+vocabulary (2,048) on 8 x 256 tokens at widths 128 to 768, and a char vocabulary (68) on the nanoGPT CPU recipe's
+12 x 64 and the speedrun's 24 x 64 tokens at widths 128 and 256, heads of 32 at widths 256 and 512, and at
+width 128 with more tokens per step (the tiny preset's 32 x 128 with heads of 64, 16 x 128, 48 x 64). Where bf16
+is not faster, llmkit trains in fp32 by default on CPUs (`mixed_precision`'s rule).
 
     python benchmarks/cpu_precision.py [--iters 15]
 """
@@ -16,14 +19,18 @@ import torch
 from _common import report, time_it
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
+from llmkit.training.arguments import cpu_bf16_pays
 
-WIDTHS = [(128, 4), (256, 4), (384, 6), (512, 8), (768, 12)]
-BATCH, CONTEXT, VOCAB = 8, 256, 2048
+# (n_embd, n_head, vocab, batch, context)
+SHAPES = [(128, 4, 2048, 8, 256), (256, 4, 2048, 8, 256), (384, 6, 2048, 8, 256), (512, 8, 2048, 8, 256),
+          (768, 12, 2048, 8, 256), (128, 4, 68, 12, 64), (128, 4, 68, 24, 64), (256, 4, 68, 12, 64),
+          (256, 4, 68, 24, 64), (256, 8, 68, 12, 64), (512, 16, 68, 12, 64),
+          (128, 2, 68, 32, 128), (128, 4, 68, 16, 128), (128, 4, 68, 48, 64)]
 
 
-def step_fn(model, bf16: bool):
+def step_fn(model, bf16: bool, vocab: int, batch: int, context: int):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x = torch.randint(0, VOCAB, (BATCH, CONTEXT))
+    x = torch.randint(0, vocab, (batch, context))
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -41,19 +48,21 @@ def main():
     args = parser.parse_args()
     native = any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     rows = []
-    for width, heads in WIDTHS:
+    for width, heads, vocab, batch, context in SHAPES:
         torch.manual_seed(0)
-        model = LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=VOCAB, n_positions=CONTEXT, n_embd=width, n_layer=4,
+        model = LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=vocab, n_positions=context, n_embd=width, n_layer=4,
                                                      n_head=heads, position_embedding_type="rotary"))
         times = {}
         for _ in range(2):  # alternate, twice
             for bf16 in (False, True):
-                t = time_it(step_fn(model, bf16), warmup=3, iters=args.iters)
+                t = time_it(step_fn(model, bf16, vocab, batch, context), warmup=3, iters=args.iters)
                 times[bf16] = min(times.get(bf16, t), t)
-        rows.append({"n_embd": width, "n_head": heads, "fp32_ms": 1000 * times[False], "bf16_ms": 1000 * times[True],
-                     "bf16_speedup": times[False] / times[True]})
+        rows.append({"n_embd": width, "n_head": heads, "head_dim": width // heads, "vocab": vocab,
+                     "tokens": f"{batch}x{context}", "fp32_ms": 1000 * times[False], "bf16_ms": 1000 * times[True],
+                     "bf16_speedup": times[False] / times[True],
+                     "llmkit_default": "bf16" if cpu_bf16_pays(width, vocab, heads) else "fp32"})
         print(rows[-1], flush=True)
-    report("cpu_precision", rows, {"batch": [BATCH, CONTEXT], "native_bf16": native})
+    report("cpu_precision", rows, {"native_bf16": native})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ precision the defaults chose, and a sample.
 Presets that need tinyshakespeare get `data.source=` it; `gpt2-124m` gets a 20 KB stand-in for the chapter's text
 (the play's first 20,479 characters). `small` and `medium`, whose full recipes take hours here, and the GPU recipe
 `shakespeare-char`, run `--probe-steps` steps for tokens/s only. Presets that fine-tune or distil are measured by
-their own benchmarks (finetune.py, instruct.py, distill.py).
+their own benchmarks (finetune.py, instruct.py, distill.py). Beside a preset, the alternatives to its defaults
+run too (VARIANTS: the quickstart with Muon, tiny in the other precision), so the defaults follow a measurement.
 
     python benchmarks/presets.py [--only quickstart tiny ...] [--probe-steps 30]
 """
@@ -28,6 +29,9 @@ from _common import SHAKESPEARE, report
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FULL = ["quickstart", "shakespeare-char-cpu", "shakespeare-char-speedrun", "tiny", "word-level", "gpt2-124m"]
 PROBE = ["small", "medium", "shakespeare-char"]
+# the defaults' alternatives, measured beside the preset in the same run: (preset, label, overrides)
+VARIANTS = [("quickstart", "optimizer muon", ["training.optimizer=muon"]),
+            ("tiny", "bf16 flipped", ["training.bf16=FLIP"])]
 
 
 def run(name: str, work: pathlib.Path, extra: list[str]) -> dict:
@@ -78,6 +82,14 @@ def main():
             row["measured"] = f"{args.probe_steps}-step probe (tokens/s)" if name in PROBE else "full recipe"
             rows.append(row)
             print(json.dumps(row), flush=True)
+            for preset, label, overrides in VARIANTS:
+                if preset != name or "error" in row:
+                    continue
+                flip = "true" if row["precision"] == "no" else "false"
+                variant = run(name, work, [o.replace("FLIP", flip) for o in overrides])
+                variant.update(preset=f"{name} ({label})", measured="full recipe")
+                rows.append(variant)
+                print(json.dumps(variant), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report("presets", [{k: r.get(k) for k in ("preset", "measured", "wall_s", "steps", "tokens_per_s", "val_loss",

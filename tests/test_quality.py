@@ -1,7 +1,7 @@
 """Long check (marker `slow`): the nanoGPT CPU recipe, end to end through `llmkit train`, beats nanoGPT quality.
 
-nanoGPT's own loop, scored the same way, ends at a validation loss of about 1.90, the preset (rotary positions)
-at about 1.80 (benchmarks/shakespeare_cpu.py); the issue's bar is 1.89, which leaves room for the run-to-run
+nanoGPT's own train.py, scored the same way, ends at a validation loss of about 1.90, the preset (rotary positions)
+at about 1.81 (benchmarks/speedrun.py's lever table); the issue's bar is 1.89, which leaves room for the run-to-run
 differences of another CPU (with or without bf16).
 """
 

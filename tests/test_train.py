@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 from conftest import (
+    REPO,
     assert_resumed_like_uninterrupted,
     kill_and_resume,
     llmkit_cmd,
@@ -301,3 +302,21 @@ def test_a_precision_the_user_picks_replaces_the_default_pair(setting, bf16, fp1
     # the default may be bf16 (CPUs with AVX512-BF16/AMX) or fp16 (older GPUs): fp16=true must not clash with it
     args = training_arguments(load_config(None, [setting]))
     assert (args.bf16, args.fp16) == (bf16, fp16)
+
+
+def test_the_cpu_bf16_default_follows_the_measurements_on_record():
+    """`cpu_bf16_pays` agrees with every clear result of benchmarks/cpu_precision.py (bf16 at least 5% faster or
+    slower than fp32), and the presets that measured one way get that way."""
+    from llmkit.training.arguments import cpu_bf16_pays, expected_shape
+
+    rows = read_json(REPO / "benchmarks/results/cpu_precision.json")["rows"]
+    clear = [r for r in rows if abs(r["bf16_speedup"] - 1) > 0.05]
+    assert any(r["bf16_speedup"] > 1 for r in clear) and any(r["bf16_speedup"] < 1 for r in clear)
+    for r in clear:
+        assert cpu_bf16_pays(r["n_embd"], r["vocab"], r["n_head"]) == (r["bf16_speedup"] > 1), r
+    shapes = {name: expected_shape(load_config(REPO / "configs" / f"{name}.yaml"))
+              for name in ("quickstart", "tiny", "shakespeare-char-cpu", "shakespeare-char-speedrun", "small")}
+    assert shapes["quickstart"] == (128, 2048, 4) and shapes["tiny"] == (128, 256, 2)  # read from the configs
+    assert {name: cpu_bf16_pays(*shape) for name, shape in shapes.items()} == {
+        "quickstart": True, "tiny": True, "shakespeare-char-cpu": False, "shakespeare-char-speedrun": False,
+        "small": True}

@@ -51,7 +51,7 @@ def default_training_args(cfg: Config) -> dict:
         "ddp_find_unused_parameters": False,  # every parameter takes part in every step
         "dataloader_pin_memory": has_cuda,
         "seed": cfg.data.seed,
-        **mixed_precision(),
+        **mixed_precision(*expected_shape(cfg)),
         "optim": "adamw_torch_fused",  # one kernel for all parameters, on CPU too
         "disable_tqdm": False,
     }
@@ -66,10 +66,20 @@ def _default_report_to() -> str:
         return "none"
 
 
-def mixed_precision() -> dict:
-    """bf16 autocast where the hardware computes in bf16: CUDA (fp16 on GPUs without bf16), or a CPU with
-    AVX512-BF16 or AMX. Not on other accelerators (MPS, XPU, ...), nor on CPUs that would only emulate it.
-    Weights, optimizer state and the loss stay fp32."""
+# benchmarks/cpu_precision.py (results/cpu_precision.json): on a CPU with native bf16, autocast is faster at every
+# shape measured from width 256 up, with a 2,048-token vocabulary at any width, and with heads of 64 at width 128;
+# at width 128 with heads of 32 and a char vocabulary (68) it is slower, whatever the batch.
+CPU_BF16_MIN_WIDTH = 256
+CPU_BF16_MIN_VOCAB = 1024
+CPU_BF16_MIN_HEAD_DIM = 64
+
+
+def mixed_precision(n_embd: int | None = None, vocab_size: int | None = None, n_head: int | None = None) -> dict:
+    """bf16 autocast where the hardware computes in bf16 and it pays: CUDA (fp16 on GPUs without bf16), or a CPU
+    with AVX512-BF16 or AMX for a model at least CPU_BF16_MIN_WIDTH wide, or with at least CPU_BF16_MIN_VOCAB
+    tokens, or with heads of at least CPU_BF16_MIN_HEAD_DIM (an unknown size counts as large). Not on other
+    accelerators (MPS, XPU, ...), nor on CPUs that would only emulate it. Weights, optimizer state and the loss
+    stay fp32."""
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return {"bf16": bf16, "fp16": not bf16}
@@ -77,7 +87,46 @@ def mixed_precision() -> dict:
         return {"bf16": False, "fp16": False}
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
     native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return {"bf16": native, "fp16": False, "use_cpu": True}  # Trainer asks use_cpu for bf16 on CPU
+    bf16 = native and cpu_bf16_pays(n_embd, vocab_size, n_head)
+    return {"bf16": bf16, "fp16": False, "use_cpu": True}  # Trainer asks use_cpu for bf16 on CPU
+
+
+def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None) -> bool:
+    """Whether bf16 autocast trains this shape faster than fp32 on a CPU with native bf16 (see above)."""
+    head_dim = n_embd // n_head if n_embd and n_head else None
+    return any(size is None or size >= floor for size, floor in ((n_embd, CPU_BF16_MIN_WIDTH),
+                                                                  (vocab_size, CPU_BF16_MIN_VOCAB),
+                                                                  (head_dim, CPU_BF16_MIN_HEAD_DIM)))
+
+
+def expected_shape(cfg: Config) -> tuple[int | None, int | None, int | None]:
+    """(width, vocabulary, heads) of the model the run will train, as far as the config tells before the tokenizer
+    and the model exist; None where it cannot tell (a pretrained model that does not load is reported where it is
+    loaded)."""
+    from ..config import SCRATCH_DEFAULTS
+
+    m, t = cfg.model, cfg.tokenizer
+    width, heads, vocab = m.n_embd, m.n_head, None
+    if m.from_pretrained or t.kind == "pretrained":
+        try:
+            from ..models.loading import load_config
+
+            pretrained = load_config(m.from_pretrained or t.name_or_path, revision=m.revision)
+            width = width or getattr(pretrained, "n_embd", getattr(pretrained, "hidden_size", None))
+            heads = heads or getattr(pretrained, "n_head", getattr(pretrained, "num_attention_heads", None))
+            vocab = getattr(pretrained, "vocab_size", None)
+        except Exception:
+            pass
+        return width, vocab, heads
+    if t.kind == "char":
+        vocab = 256  # a char vocabulary: the corpus's characters, rarely more than a few hundred
+    elif t.kind in (None, "bpe"):
+        from ..tokenizers import DEFAULT_BPE_VOCAB
+
+        vocab = t.vocab_size or DEFAULT_BPE_VOCAB
+    else:
+        vocab = t.vocab_size  # word level: as many as the corpus has
+    return width or SCRATCH_DEFAULTS["n_embd"], vocab, heads or SCRATCH_DEFAULTS["n_head"]
 
 
 def training_settings(cfg: Config) -> tuple[dict, dict]:
