@@ -5,7 +5,8 @@ Both train on the same tokens (the built-in corpus, tokenized by a 50,304-entry 
 here, so nothing is downloaded), batch 16 x 1024, for `--steps` steps; the first `--warmup` steps are left out.
 MFU uses nanoGPT's FLOP count (6N + 12 L H Q T per token, N without position embeddings) against the GPU's dense
 bf16 peak (`--peak-tflops`, default from the device name: H100/H200 989, A100 312, L4 121). On a machine
-without CUDA it runs a tiny smoke version on CPU (`--smoke`), which checks the script, not the speed.
+without CUDA it runs a tiny smoke version on CPU (`--smoke`), which checks the script, not the speed, and writes
+no results.
 
     python benchmarks/gpu_gpt2.py [--steps 60] [--peak-tflops 989]
 """
@@ -25,7 +26,7 @@ import time
 
 import numpy as np
 import torch
-from _common import report
+from _common import print_table, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = REPO / "benchmarks" / "nanogpt"
@@ -111,9 +112,11 @@ def main():
                          "note": f"{time.perf_counter() - start:.0f} s process"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    device_name = torch.cuda.get_device_name() if cuda else "cpu (smoke)"
-    report("gpu_gpt2" if cuda else "gpu_gpt2_smoke", rows, {"device": device_name, "shape": [layers, heads, width,
-                                                                                             context, batch]})
+    if not cuda:  # a check of the script: its figures say nothing, and are not written
+        print_table(rows)
+        failed = [r["run"] for r in rows if r["tokens_per_s"] is None]
+        raise SystemExit(f"smoke run failed: {', '.join(failed)}" if failed else None)
+    report("gpu_gpt2", rows, {"device": torch.cuda.get_device_name(), "shape": [layers, heads, width, context, batch]})
 
 
 def _cached_tokens(cache: pathlib.Path) -> np.ndarray:

@@ -194,9 +194,9 @@ def test_cli_generate_several_samples(saved, capsys):
 @pytest.mark.parametrize("path", ["as built", "blas", "no mkl"])
 def test_cpu_decoding_layout_follows_the_kernel_path_and_puts_the_originals_back(tok, tmp_path, monkeypatch, path):
     """generate() on llmkit-gpt stores its linear weights (in, out) exactly when it decodes on MKL (the product MKL
-    does fastest one row at a time); on oneDNN (onednn.py) or without MKL the weights stay as they are. "as built"
-    checks the path this machine takes by default; the others force the fallbacks through the documented switch
-    (LLMKIT_CPU_MATMUL=blas) and a PyTorch build without MKL."""
+    does fastest one row at a time; one-row products stay on MKL where onednn.py is on); without MKL the weights
+    stay as they are. "as built" checks the path this machine takes by default; the others force the BLAS path
+    through the documented switch (LLMKIT_CPU_MATMUL=blas) and a PyTorch build without MKL."""
     from transformers import AutoModelForCausalLM, GenerationMixin
 
     from llmkit.models import onednn
@@ -207,7 +207,7 @@ def test_cpu_decoding_layout_follows_the_kernel_path_and_puts_the_originals_back
         monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
     onednn.enabled.cache_clear()  # and again at the end, so later tests see the restored setting
     try:
-        swaps = torch.backends.mkl.is_available() and not onednn.enabled()
+        swaps = torch.backends.mkl.is_available()
         model = make_model(tok, seed=4)
         before = {name: (p.data_ptr(), p.stride()) for name, p in model.named_parameters()}
         seen = []

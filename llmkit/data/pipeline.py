@@ -417,10 +417,12 @@ def _tokenize_to(folder: pathlib.Path, plan: Scan, tokenizer, cfg: Config, log) 
     if cfg.data.num_proc > 1:
         import multiprocessing
 
-        pool = multiprocessing.get_context("fork").Pool(cfg.data.num_proc, initializer=_single_threaded)
+        # the encoder (and its tokenizer) goes to each worker once, at the fork; tasks carry only their text
+        pool = multiprocessing.get_context("fork").Pool(cfg.data.num_proc, initializer=_start_worker,
+                                                        initargs=(encode,))
     try:
         batches = _batches(split_segments(cfg, plan.train_chars), counts)
-        results = _in_order(pool, encode, batches, 2 * cfg.data.num_proc) if pool else map(encode, batches)
+        results = _in_order(pool, _encode_in_worker, batches, 2 * cfg.data.num_proc) if pool else map(encode, batches)
         for split, tokens in results:
             files[split].write(tokens.tobytes())
             counts[split]["tokens"] += len(tokens)
@@ -467,13 +469,21 @@ def _in_order(pool, fn, items, window: int):
         yield pending.popleft().get()
 
 
-def _single_threaded() -> None:
+_worker_encoder = None  # in a worker process: the parent's _Encoder, inherited at the fork
+
+
+def _start_worker(encoder) -> None:
+    global _worker_encoder
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker per core: no thread pool inside each
+    _worker_encoder = encoder
+
+
+def _encode_in_worker(batch):
+    return _worker_encoder(batch)
 
 
 class _Encoder:
-    """(split, segments, doc ends) -> (split, token array with an EOS after every document's last segment).
-    Picklable, for worker processes."""
+    """(split, segments, doc ends) -> (split, token array with an EOS after every document's last segment)."""
 
     def __init__(self, tokenizer, dtype):
         self.tokenizer, self.dtype = tokenizer, dtype

@@ -2,9 +2,8 @@
 
 Decoding one token multiplies a single row by every weight matrix, so each weight is read from memory once
 per token. With MKL, PyTorch's x86 CPU BLAS, that one-row product over nn.Linear's (out, in) storage (x·Wᵀ)
-is 1.25-1.57x slower than over the same matrix stored (in, out) (x·W, GPT-2's Conv1D layout) once the weights
-no longer fit in cache; end to end, 512 greedy tokens get 1.27x faster at 6/6/384 and 1.03x at 4/4/128
-(benchmarks/generation.py). While the context manager is open, each fp32 CPU `nn.Linear` weight holds a
+is slower than over the same matrix stored (in, out) (x·W, GPT-2's Conv1D layout) once the weights no longer
+fit in cache; end to end it pays at 6/6/384 and is about even at 4/4/128 (benchmarks/generation.py, README). While the context manager is open, each fp32 CPU `nn.Linear` weight holds a
 transposed-contiguous copy: same values, same shape, other strides, so every module and library sees an
 ordinary nn.Linear. The originals come back when the last generate() on the model ends (saving needs them).
 Costs: the Linear weights are held twice for the duration, and another thread touching the parameters
@@ -19,16 +18,14 @@ import threading
 import torch
 from torch import nn
 
-from . import onednn
-
 _lock = threading.Lock()  # guards the per-model depth and swap list (generate() may run in several threads)
 
 
 @contextlib.contextmanager
 def cpu_decode_layout(model: nn.Module):
-    # measured with MKL only; other BLAS libraries may prefer (out, in), and oneDNN (onednn.py) multiplies one row
-    # by nn.Linear's own (out, in) storage faster than MKL does by (in, out)
-    if not torch.backends.mkl.is_available() or onednn.enabled():
+    # measured with MKL only; other BLAS libraries may prefer (out, in). One-row products run on MKL even where
+    # onednn.py is on (it takes products of several rows, which it multiplies as fast over either storage)
+    if not torch.backends.mkl.is_available():
         yield model
         return
     with _lock:

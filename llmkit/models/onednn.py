@@ -3,15 +3,18 @@
 PyTorch multiplies fp32 matrices on x86 CPUs with MKL, which runs a generic code path on non-Intel processors.
 PyTorch also ships oneDNN (its `mkldnn` backend), which uses the processor's vector units whatever the vendor:
 `torch.ops.mkldnn._linear_pointwise` computes `x @ W.T + b` directly on ordinary (strided) tensors. On the AMD
-EPYC this project is measured on, it multiplies fp32 matrices about twice as fast as MKL, for a training step's
-products and for decoding's one-row products alike (benchmarks/finetune.py, benchmarks/model_step.py,
-benchmarks/generation.py).
+EPYC this project is measured on, it multiplies fp32 matrices two to four times as fast as MKL from a few rows up:
+a training step's products, a prompt's, batched decoding's (benchmarks/finetune.py, benchmarks/model_step.py).
+A single row (decoding one sequence) is the exception: MKL's matrix-vector product has less fixed cost per call
+than oneDNN's (about 5 against 25 microseconds at width 128), so one-row products stay on `F.linear`
+(benchmarks/generation.py).
 
 Design choices:
 - llmkit-gpt's layers are `Linear`, an `nn.Linear` subclass (same parameters, state dict and `isinstance`, so
   peft, conversions and saving see an ordinary nn.Linear) whose forward calls `linear`.
-- `linear` takes the oneDNN path only for fp32 CPU tensors outside autocast (bf16 autocast already runs on oneDNN)
-  and outside `torch.compile` (inductor picks its own kernels); everything else is `F.linear`.
+- `linear` takes the oneDNN path only for fp32 CPU tensors of more than one row, outside autocast (bf16 autocast
+  already runs on oneDNN) and outside `torch.compile` (inductor picks its own kernels); everything else is
+  `F.linear`.
 - The backward is oneDNN products too: the input's gradient `g @ W` and the weight's `g.T @ x`, each only when
   needed (a frozen base weight under LoRA costs no weight gradient).
 - Where: `LLMKIT_CPU_MATMUL=auto` (default) uses it on x86-64 processors that are not Intel's, where MKL is slow;
@@ -83,7 +86,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # inductor picks its own kernels (and the checks below are not traceable)
         return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.numel() > 0 and enabled() and torch.backends.mkldnn.enabled
+            and x.numel() > x.shape[-1] and enabled() and torch.backends.mkldnn.enabled
             and not torch.is_autocast_enabled("cpu"))
 
 

@@ -60,3 +60,13 @@ def check_source(model: nn.Module, expected: type, what: str) -> None:
             " (merge LoRA adapters first: model.merge_and_unload())" if hasattr(model, "peft_config") else ""
         )
         raise TypeError(f"{what} expects a {expected.__name__}, got {type(model).__name__}{hint}")
+
+
+def unsupported_reason(mismatches: list[tuple[str, str]], other: str, other_fits: bool) -> str | None:
+    """One line from a converter's mismatches (the option and what the target lacks, the setting that fits):
+    the first option that does not fit, the other target when the model fits it, and the settings that fit."""
+    if not mismatches:
+        return None
+    what = mismatches[0][0]
+    fix = " ".join(setting for _, setting in mismatches)
+    return f"{what}; {f'export with --to {other} or ' if other_fits else ''}retrain with {fix}"

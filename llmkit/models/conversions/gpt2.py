@@ -24,6 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..configuration_llmkit_gpt import LlmkitGPTConfig
 from ._common import build_exact, check_source
+from ._common import unsupported_reason as _reason
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Same function, one fused kernel vs. GPT-2's spelled-out tanh GELU.
@@ -35,13 +36,7 @@ def unsupported_reason(config: LlmkitGPTConfig) -> str | None:
     lacks, the fix."""
     from . import llama
 
-    mismatches = _mismatches(config)
-    if not mismatches:
-        return None
-    what = mismatches[0][0]  # the first option that does not fit; the fix sets all of them
-    fix = " ".join(setting for _, setting in mismatches)
-    other = "export with --to llama or " if not llama._mismatches(config) else ""
-    return f"{what}; {other}retrain with {fix}"
+    return _reason(_mismatches(config), "llama", not llama._mismatches(config))
 
 
 def _mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:

@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..configuration_llmkit_gpt import LlmkitGPTConfig
 from ._common import build_exact, check_source
+from ._common import unsupported_reason as _reason
 
 # (llmkit-gpt name, Llama name) of the tensors that only change name; {i} is the layer index.
 _RENAMES_TOP = (
@@ -49,13 +50,7 @@ def unsupported_reason(config: LlmkitGPTConfig) -> str | None:
     lacks, the fix."""
     from . import gpt2
 
-    mismatches = _mismatches(config)
-    if not mismatches:
-        return None
-    what = mismatches[0][0]  # the first option that does not fit; the fix sets all of them
-    fix = " ".join(setting for _, setting in mismatches)
-    other = "export with --to gpt2 or " if not gpt2._mismatches(config) else ""
-    return f"{what}; {other}retrain with {fix}"
+    return _reason(_mismatches(config), "gpt2", not gpt2._mismatches(config))
 
 
 def _mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
