@@ -304,7 +304,9 @@ def _optional_section(hint: Any):
     return None
 
 
-def _did_you_mean(key: str, names: list[str], prefix: str) -> str:
+def _did_you_mean(key: Any, names: list[str], prefix: str) -> str:
+    if not isinstance(key, str):  # YAML reads `?`, `1:`, `yes:` or `null:` as a key that is no name
+        return f" (YAML read it as {type(key).__name__}); keys are names such as {prefix}{names[0]}"
     close = difflib.get_close_matches(key, names, n=1)
     return f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(prefix + n for n in names)}"
 

@@ -369,7 +369,7 @@ def test_lora_with_gradient_checkpointing_and_bf16_autocast(work, base_run, new_
     learns as much."""
     run, metrics = finetune(work, base_run, new_text, "lora-ckpt-bf16", "lora.r=8", "lora.lora_alpha=16",
                             "lora.target_modules=[c_attn, c_proj, c_fc]", "training.learning_rate=1e-2",
-                            "training.gradient_checkpointing=true", "training.bf16=true")
+                            "training.activation_checkpointing=true", "training.bf16=true")
     assert metrics["mixed_precision"] == "bf16"
     assert metrics["eval_loss"] < zero_shot_loss(base_run, run) - 0.05
     assert metrics["eval_loss"] == pytest.approx(lora_run[1]["eval_loss"], abs=0.05)
