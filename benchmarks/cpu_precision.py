@@ -19,7 +19,7 @@ import torch
 from _common import report, time_it
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
-from llmkit.training.arguments import cpu_bf16_pays
+from llmkit.training.arguments import cpu_bf16_pays, cpu_has_native_bf16
 
 # (n_embd, n_head, vocab, batch, context)
 SHAPES = [(128, 4, 2048, 8, 256), (256, 4, 2048, 8, 256), (384, 6, 2048, 8, 256), (512, 8, 2048, 8, 256),
@@ -46,7 +46,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=15)
     args = parser.parse_args()
-    native = any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    native = cpu_has_native_bf16()
     rows = []
     for width, heads, vocab, batch, context in SHAPES:
         torch.manual_seed(0)

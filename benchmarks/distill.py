@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from _common import report
+from _common import quickstart_run, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "distill.yaml"
@@ -46,12 +46,8 @@ def main():
     parser.add_argument("--teacher", default=str(REPO / "runs" / "quickstart"))
     parser.add_argument("--steps", type=int, default=1500)
     args = parser.parse_args()
-    teacher = pathlib.Path(args.teacher)
+    teacher = quickstart_run(pathlib.Path(args.teacher))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    if not (teacher / "config.json").exists():
-        print(f"training the teacher (the quickstart) into {teacher} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "llmkit.cli", "train", str(REPO / "configs/quickstart.yaml"),
-                        "--output-dir", str(teacher)], check=True, env=env, stdout=subprocess.DEVNULL)
     work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-distill-bench-"))
     common = [f"distill.teacher={teacher}", f"training.max_steps={args.steps}", f"training.eval_steps={args.steps}",
               "training.report_to=none", "training.disable_tqdm=true", "sample.max_new_tokens=0"]

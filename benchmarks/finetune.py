@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from _common import RESULTS, SHAKESPEARE, print_table, report
+from _common import RESULTS, SHAKESPEARE, print_table, quickstart_run, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -80,12 +80,7 @@ def folder_size(run: pathlib.Path, names: tuple[str, ...]) -> int:
 
 
 def quality(args, work: pathlib.Path) -> list[dict]:
-    base = pathlib.Path(args.base)
-    if not (base / "config.json").exists():
-        print(f"pretraining the quickstart model into {base} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "llmkit.cli", "train", str(REPO / "configs/quickstart.yaml"),
-                        "--output-dir", str(base)], check=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                       stdout=subprocess.DEVNULL)
+    base = quickstart_run(pathlib.Path(args.base))
     # the presets configs/quickstart-lora.yaml and configs/quickstart-finetune.yaml, as shipped
     common = [f"model.from_pretrained={base}", f"data.source={SHAKESPEARE}", f"data.cache_dir={work / 'cache'}",
               f"training.max_steps={args.steps}", f"training.eval_steps={args.steps}", "training.logging_steps=50",

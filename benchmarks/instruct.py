@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from _common import report
+from _common import quickstart_run, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRESET = REPO / "configs" / "instruct-lora.yaml"
@@ -65,12 +65,8 @@ def main():
     from llmkit.data.instruct import prepare_tokenizer
     from llmkit.models.loading import load_model
 
-    base = pathlib.Path(args.base)
+    base = quickstart_run(pathlib.Path(args.base))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    if not (base / "config.json").exists():
-        print(f"pretraining the quickstart model into {base} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "llmkit.cli", "train", str(REPO / "configs/quickstart.yaml"),
-                        "--output-dir", str(base)], check=True, env=env, stdout=subprocess.DEVNULL)
     work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-instruct-bench-"))
     cfg = load_config(PRESET, [f"model.from_pretrained={base}"])
     rows = held_out(cfg)

@@ -22,6 +22,21 @@ SEEDS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seeds"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def fit_windows(model, ids: torch.Tensor, steps: int, batch: int, context: int, lr: float = 3e-3):
+    """A few hundred AdamW steps on random windows of `ids` (seeded): a tiny model that has learned its text, in
+    eval mode."""
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - context - 1, (batch,), generator=g)
+        x = torch.stack([ids[s : s + context] for s in starts])
+        model(x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
 def subprocess_env() -> dict:
     """Environment for llmkit subprocesses: CPU only, offline, and this checkout's llmkit first on the path."""
     env = dict(os.environ)

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import fit_windows
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
 from llmkit.cli import main
@@ -26,17 +27,10 @@ def run(tmp_path_factory):
     torch.manual_seed(0)
     model = LlmkitGPTForCausalLM(LlmkitGPTConfig(vocab_size=len(tok), n_positions=CTX, n_embd=48, n_layer=2,
                                                  n_head=2))
-    ids = torch.tensor(tok(VERSE * 40, add_special_tokens=False)["input_ids"])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(250):
-        starts = torch.randint(0, len(ids) - CTX - 1, (16,), generator=g)
-        x = torch.stack([ids[s : s + CTX] for s in starts])
-        model(x, labels=x).loss.backward()
-        opt.step()
-        opt.zero_grad()
+    fit_windows(model, torch.tensor(tok(VERSE * 40, add_special_tokens=False)["input_ids"]), 250, batch=16,
+                context=CTX)
     path = tmp_path_factory.mktemp("run") / "run"
-    model.eval().save_pretrained(path)
+    model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

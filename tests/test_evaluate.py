@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import fit_windows
 from torch.nn import functional as F
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
@@ -30,18 +31,8 @@ def make_model(tok, seed=0):
 
 @pytest.fixture(scope="module")
 def trained(tok):
-    model = make_model(tok)
     ids = torch.tensor(tok(PERIODIC, add_special_tokens=False)["input_ids"])
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(100):
-        starts = torch.randint(0, len(ids) - CTX - 1, (8,), generator=g)
-        x = torch.stack([ids[s : s + CTX] for s in starts])
-        model(x, labels=x).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    return fit_windows(make_model(tok), ids, 100, batch=8, context=CTX)
 
 
 def stream(tok, text):

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import fit_windows
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
 from llmkit.cli import main
@@ -28,17 +29,7 @@ def make_model(tok, seed=0, **kw):
 
 def train(model, tok, steps=100):
     ids = torch.tensor(tok(PERIODIC, add_special_tokens=False)["input_ids"])
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        starts = torch.randint(0, len(ids) - CTX - 1, (8,), generator=g)
-        x = torch.stack([ids[s : s + CTX] for s in starts])
-        loss = model(x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval()
+    return fit_windows(model, ids, steps, batch=8, context=CTX)
 
 
 @pytest.fixture(scope="module")

@@ -222,14 +222,7 @@ def _file_segments(file: pathlib.Path, errors: str, chunk: int = CHUNK_BYTES) ->
             buffer = buffer[start:]
     if not seen_text:
         raise _empty(file)
-    n, start = len(buffer), 0
-    while n - start > SEGMENT_CHARS:
-        cut = _safe_cut(buffer, start + SEGMENT_CHARS, n)
-        if cut is None:
-            break
-        yield Segment(buffer[start:cut], False)
-        start = cut
-    yield Segment(buffer[start:], True)
+    yield from segments(iter([buffer]))  # the tail: the file's last document ends here
 
 
 def _read_text(file: pathlib.Path, errors: str) -> str:

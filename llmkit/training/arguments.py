@@ -85,10 +85,14 @@ def mixed_precision(n_embd: int | None = None, vocab_size: int | None = None, n_
         return {"bf16": bf16, "fp16": not bf16}
     if torch.accelerator.is_available():  # MPS, XPU, ...: the Trainer's own placement, fp32
         return {"bf16": False, "fp16": False}
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own capability checks
-    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    bf16 = native and cpu_bf16_pays(n_embd, vocab_size, n_head)
+    bf16 = cpu_has_native_bf16() and cpu_bf16_pays(n_embd, vocab_size, n_head)
     return {"bf16": bf16, "fp16": False, "use_cpu": True}  # Trainer asks use_cpu for bf16 on CPU
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: torch.cpu's own capability checks."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None) -> bool:
@@ -100,33 +104,27 @@ def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None
 
 
 def expected_shape(cfg: Config) -> tuple[int | None, int | None, int | None]:
-    """(width, vocabulary, heads) of the model the run will train, as far as the config tells before the tokenizer
-    and the model exist; None where it cannot tell (a pretrained model that does not load is reported where it is
-    loaded)."""
-    from ..config import SCRATCH_DEFAULTS
-
+    """(width, vocabulary, heads) of the model the run will train, from the resolved config (its sizes are the
+    pretrained model's or the scratch defaults) before the tokenizer exists; None where it cannot tell."""
     m, t = cfg.model, cfg.tokenizer
-    width, heads, vocab = m.n_embd, m.n_head, None
-    if m.from_pretrained or t.kind == "pretrained":
+    if t.kind == "pretrained":  # the vocabulary of the model whose tokenizer this is (a base, or a teacher)
+        source = t.name_or_path or m.from_pretrained
         try:
             from ..models.loading import load_config
 
-            pretrained = load_config(m.from_pretrained or t.name_or_path, revision=m.revision)
-            width = width or getattr(pretrained, "n_embd", getattr(pretrained, "hidden_size", None))
-            heads = heads or getattr(pretrained, "n_head", getattr(pretrained, "num_attention_heads", None))
-            vocab = getattr(pretrained, "vocab_size", None)
-        except Exception:
-            pass
-        return width, vocab, heads
-    if t.kind == "char":
+            revision = m.revision if source == m.from_pretrained else None
+            vocab = getattr(load_config(source, revision=revision), "vocab_size", None)
+        except Exception:  # a model that does not load is reported where it is loaded
+            vocab = None
+    elif t.kind == "char":
         vocab = 256  # a char vocabulary: the corpus's characters, rarely more than a few hundred
-    elif t.kind in (None, "bpe"):
+    elif t.kind == "bpe":
         from ..tokenizers import DEFAULT_BPE_VOCAB
 
         vocab = t.vocab_size or DEFAULT_BPE_VOCAB
     else:
         vocab = t.vocab_size  # word level: as many as the corpus has
-    return width or SCRATCH_DEFAULTS["n_embd"], vocab, heads or SCRATCH_DEFAULTS["n_head"]
+    return m.n_embd, vocab, m.n_head
 
 
 def training_settings(cfg: Config) -> tuple[dict, dict]:
