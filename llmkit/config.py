@@ -26,7 +26,15 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
+class OneLineError(ValueError):
+    """An error about the user's input whose message is one line whatever it quotes: a line break in a key, value
+    or file name the user gave is shown escaped (`\\n`), so the message stays the one line the CLI promises."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+
+
+class ConfigError(OneLineError):
     """A bad setting: the message names the key and the fix."""
 
 

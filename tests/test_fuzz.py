@@ -74,6 +74,7 @@ VALUES = st.one_of(st.text(max_size=20), st.integers(-5, 10**6).map(str), st.flo
 
 @PROPERTY
 @given(st.lists(st.tuples(KEYS, VALUES), max_size=6), st.lists(st.text(max_size=30), max_size=2))
+@example(pairs=[], raw=["0\n0="])  # a key with a line break in it (found by this test in CI)
 def test_overrides_give_a_config_or_one_line_config_error(pairs, raw):
     overrides = [f"{k}={v}" for k, v in pairs] + raw
     try:
