@@ -28,7 +28,7 @@ PRESET = REPO / "configs" / "distill.yaml"
 def decode_seconds(run: pathlib.Path) -> float:
     import torch
 
-    from llmkit.models.loading import load_model
+    from llmkit.loading import load_model
 
     model, tokenizer = load_model(str(run), device="cpu")
     ids = torch.tensor([[tokenizer.eos_token_id]])

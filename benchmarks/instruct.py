@@ -63,7 +63,7 @@ def main():
     args = parser.parse_args()
     from llmkit.config import load_config
     from llmkit.data.instruct import prepare_tokenizer
-    from llmkit.models.loading import load_model
+    from llmkit.loading import load_model
 
     base = quickstart_run(pathlib.Path(args.base))
     env = dict(os.environ, PYTHONPATH=str(REPO))

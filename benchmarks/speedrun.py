@@ -134,7 +134,7 @@ def score_nanogpt(out_dir: pathlib.Path) -> float:
 
 
 def score_llmkit(run: pathlib.Path) -> float:
-    from llmkit.models.loading import load_model
+    from llmkit.loading import load_model
 
     model, tokenizer = load_model(str(run), device="cpu")
     model.float().eval()

@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from llmkit.config import load_config
 from llmkit.data import prepare_data
-from llmkit.models.factory import model_from_config
+from llmkit.loading import model_from_config
 from llmkit.training import train
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shakespeare-char-cpu.yaml"

@@ -1,6 +1,9 @@
-"""The `llmkit` command: prepare, train, generate, evaluate.
+"""The `llmkit` command: prepare, train, generate, evaluate, merge, export, push, pull.
 
-Every bad input ends as one line on stderr (`llmkit: error: ...`) and exit code 2; tracebacks are for bugs.
+Every error ends as one line on stderr (`llmkit: error: ...`): exit code 2 for bad input, 1 for a fault of the
+environment (the Hub down or answering 5xx, a full disk, a lost process; see llmkit/errors.py), 130 for Ctrl-C.
+Tracebacks are for bugs; `LLMKIT_DEBUG=1` prints the traceback after the one line too. Library errors name
+parameters (`temperature`, `stride`); this module renames them to its flags (`--temperature`, `--stride`).
 `accelerate launch -m llmkit.cli train CONFIG` runs the same code data-parallel.
 """
 
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages-field", default="messages", help="--format instruct: the chat messages column")
     p.add_argument("--data", required=True, help="data source: file, glob, folder, jsonl/csv/parquet, Hub id, builtin")
     p.add_argument("--text-field", default="text")
-    p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the context)")
+    p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the context; the whole context with --per-document, as "
+                        "lm-evaluation-harness)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens per model")
     p.add_argument("--output", help="write the results as JSON here")
@@ -154,28 +158,38 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "config", None) is not None and ("=" in args.config or not args.config):
         args.overrides = ([args.config] if args.config else []) + args.overrides  # no config file, only overrides
         args.config = None
-    from .config import ConfigError, RunError, first_line
-    from .data import DataError
+    from .errors import OneLineError, ParameterError, first_line
 
     quiet_library_output()
     _fast_exit()
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError) as err:
-        print(f"llmkit: error: {err}", file=sys.stderr)
-        return 2
+    except OneLineError as err:  # bad input (2), or a fault of the environment or the run (1, 128 + signal)
+        if isinstance(err, ParameterError) and err.parameter in FLAGS:
+            err = err.named(FLAGS[err.parameter])
+        return _one_line(str(err), getattr(err, "exit_code", 2))
     except OSError as err:
         if getattr(err, "filename", None) or "does not appear to have" in str(err) or "not a valid" in str(err):
-            print(f"llmkit: error: {first_line(err)}", file=sys.stderr)
-            return 2
+            return _one_line(first_line(err), 2)
         raise
     except KeyboardInterrupt:
         print("llmkit: interrupted", file=sys.stderr)
         return 130
-    except RunError as err:  # a run that cannot go on for a reason outside the input: one line
-        print(f"llmkit: error: {err}", file=sys.stderr)
-        return err.exit_code
+
+
+# library parameter names -> this command line's flags, in messages
+FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
+         "repetition_penalty": "--repetition-penalty", "stride": "--stride"}
+
+
+def _one_line(message: str, code: int) -> int:
+    print(f"llmkit: error: {message}", file=sys.stderr)
+    if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0"):
+        import traceback
+
+        traceback.print_exc()
+    return code
 
 
 def quiet_library_output() -> None:
@@ -208,17 +222,21 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .training import train
+    from .training import run_folder, train
 
     cfg = load_config(args.config, args.overrides)
     train(cfg, output_dir=args.output_dir, resume=args.resume)
+    if cfg.training.get("push_to_hub"):
+        from .hub import push_finished_run
+
+        push_finished_run(cfg, run_folder(cfg, args.output_dir))
     return 0
 
 
 def cmd_generate(args) -> int:
     from .config import decode_escapes
-    from .generate import generate_texts
-    from .models.loading import load_model
+    from .loading import load_model
+    from .models.generation import generate_texts
 
     model, tokenizer = load_model(args.model, adapter=args.adapter, device=args.device)
     args.stop = [decode_escapes(s) for s in args.stop] if args.stop else None
@@ -297,7 +315,7 @@ def cmd_evaluate(args) -> int:
                                   instruct=None if args.format == "text" else {
                                       "prompt_field": args.prompt_field, "response_field": args.response_field,
                                       "messages_field": args.messages_field})
-    except (ValueError, RuntimeError) as err:  # e.g. a stride longer than the context, an unknown device
+    except ValueError as err:  # a library's check of an argument
         raise _as_config_error(err) from None
     print(format_table(results))
     if args.output:
@@ -366,9 +384,10 @@ def _positive_int(text: str) -> int:
 
 
 def _as_config_error(err: Exception):
-    from .config import ConfigError, first_line
+    """A library's ValueError about an argument as llmkit's one line (ours already are: they keep their names)."""
+    from .errors import ConfigError, OneLineError, first_line
 
-    return ConfigError(first_line(err))
+    return err if isinstance(err, OneLineError) else ConfigError(first_line(err))
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,

@@ -25,61 +25,15 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError, OneLineError, RunError, first_line  # noqa: F401  (re-exported)
+from .model_options import MODEL_OPTIONS, PRETRAINED_FIXED, SCRATCH_DEFAULTS
 
-class OneLineError(ValueError):
-    """An error about the user's input whose message is one line whatever it quotes: a line break in a key, value
-    or file name the user gave is shown escaped (`\\n`), so the message stays the one line the CLI promises."""
-
-    def __init__(self, message: object = ""):
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
-
-
-class ConfigError(OneLineError):
-    """A bad setting: the message names the key and the fix."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on for a reason outside the user's input (a lost process, a full disk, a signal, a NaN
-    loss): one line, exit code `exit_code` (1, or 128 + the signal)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of a library's error message (its type name when the message is empty), for one-line errors."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-@dataclass
-class ModelConfig:
-    arch: str | None = None  # llmkit-gpt | gpt2; default llmkit-gpt, or the pretrained model's own architecture
-    from_pretrained: str | None = None  # a run folder, model folder, adapter run or Hub id to start from
-    revision: str | None = None  # Hub branch, tag or commit of from_pretrained
-    n_layer: int | None = None  # sizes default to SCRATCH_DEFAULTS, or to the pretrained model's
-    n_head: int | None = None
-    n_embd: int | None = None
-    n_positions: int | None = None  # the context length
-    n_inner: int | None = None
-    dropout: float | None = None  # default 0.0 from scratch; the pretrained model's rates otherwise
-    activation_function: str | None = None  # default: gelu (llmkit-gpt), gelu_new (gpt2)
-    mlp_type: str | None = None  # llmkit-gpt: gelu | swiglu
-    norm_type: str | None = None  # llmkit-gpt: layernorm | rmsnorm
-    position_embedding_type: str | None = None  # llmkit-gpt: learned | rotary
-    bias: bool | None = None
-    qkv_bias: bool | None = None
-    tie_word_embeddings: bool | None = None  # default True from scratch
-    attn_implementation: str | None = None  # sdpa (default) | eager | flash_attention_2 ...
-    trust_remote_code: bool = False
-
-
-SCRATCH_DEFAULTS = dict(arch="llmkit-gpt", n_layer=4, n_head=4, n_embd=128, n_positions=256, dropout=0.0,
-                        tie_word_embeddings=True)
-# Settings of a pretrained model that a config may repeat but not change (dropout may be changed).
-PRETRAINED_FIXED = ("n_layer", "n_head", "n_embd", "n_positions", "n_inner", "activation_function", "mlp_type",
-                    "norm_type", "position_embedding_type", "bias", "qkv_bias", "tie_word_embeddings")
+# The model section's keys, types and defaults come from llmkit.models.options (declared once, read by the factory,
+# the loader and validation too).
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig", [(o.name, o.type, field(default=o.default)) for o in MODEL_OPTIONS])
+ModelConfig.__module__ = __name__
+ModelConfig.__doc__ = "The `model:` section: " + "; ".join(f"{o.name}: {o.doc}" for o in MODEL_OPTIONS)
 
 
 @dataclass
@@ -240,7 +194,7 @@ def resolve(cfg: Config) -> Config:
         )
     t.kind = "pretrained"
     t.name_or_path = t.name_or_path or m.from_pretrained
-    from .models.loading import pretrained_settings
+    from .loading import pretrained_settings
 
     own = pretrained_settings(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code)
     for key in PRETRAINED_FIXED:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import evaluate
 
 from .data.sources import DataError, iter_documents
+from .errors import ParameterError
+from .loading import load_model
 from .metrics import PERPLEXITY_PATH
-from .models.loading import load_model
 
 
 def load_perplexity():
@@ -36,6 +37,10 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
     results = []
     for name in names:
         model, tokenizer = load_model(name, device=device, adapter=adapter)
+        context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+        if stride is not None and not 0 < stride <= context:
+            raise ParameterError("stride", f"{stride} is outside [1, {context}] (the context of {name}); pass stride "
+                                 f"{context} or less")
         if instruct is None:
             try:
                 result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,

@@ -43,7 +43,7 @@ def write_folder(out: pathlib.Path, write) -> pathlib.Path:
 def merge(adapter: str, out: str, *, base: str | None = None, revision: str | None = None,
           trust_remote_code: bool = False) -> pathlib.Path:
     """Fold a LoRA adapter run into its base (`merge_and_unload`) and save the plain model in `out`."""
-    from .models.loading import is_adapter, load_model
+    from .loading import is_adapter, load_model
 
     path = check_new_folder(out)
     if not is_adapter(adapter, revision):
@@ -62,7 +62,9 @@ TARGETS = ("gpt2", "llama", "code")
 
 
 def write_export(model, out: pathlib.Path, target: str) -> None:
-    """Save llmkit-gpt `model` into the folder `out` as `target`: gpt2 | llama (exact stock equivalents) | code."""
+    """Save llmkit-gpt `model` into the folder `out` as `target`: gpt2 | llama (exact stock equivalents) | code.
+    Inference settings only: the KV cache on, whatever the run trained with."""
+    model.config.use_cache = True
     if target == "code":
         _save_with_code(model, out)
         return
@@ -92,7 +94,7 @@ def _save_with_code(model, out: pathlib.Path) -> None:
 
 def export(run: str, out: str, *, to: str, revision: str | None = None) -> pathlib.Path:
     """`llmkit export RUN OUT --to gpt2|llama|code`: a new folder that loads without llmkit."""
-    from .models.loading import is_adapter, load_model
+    from .loading import is_adapter, load_model
 
     if to not in TARGETS:
         raise ConfigError(f"--to {to} is unknown; use one of {', '.join(TARGETS)}")

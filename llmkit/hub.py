@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from .config import ConfigError, first_line
+from .errors import OneLineError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -44,7 +44,10 @@ def use_timeout() -> None:
     """The Hub client waits forever by default; llmkit's calls give up after LLMKIT_HUB_TIMEOUT seconds (60) of
     silence, so a stalled connection ends in one line instead of a hang."""
     from huggingface_hub import close_session, set_client_factory
-    from huggingface_hub.utils._http import default_client_factory
+
+    from .compat import hub_client_factory
+
+    default_client_factory = hub_client_factory()
 
     seconds = float(os.environ.get("LLMKIT_HUB_TIMEOUT", "60"))
 
@@ -63,8 +66,22 @@ def use_timeout() -> None:
     close_session()  # the next call builds its client from the factory
 
 
-class HubError(ConfigError):
-    """A Hub call that failed: one line naming what and how to fix it (exit code 2)."""
+def push_finished_run(cfg, out: pathlib.Path, log=print) -> None:
+    """`training.push_to_hub: true`: the complete run folder pushed after `llmkit train` has written all of it, by
+    the main process only."""
+    from accelerate import PartialState
+
+    from .training import hub_settings
+
+    hub = hub_settings(cfg, str(out))
+    if hub and PartialState().is_main_process:
+        pushed = push(out, hub.pop("repo_id"), **hub)
+        log(f"pushed {out} to {pushed.url} (commit {pushed.commit})")
+
+
+class HubError(OneLineError):
+    """A Hub call that failed: one line naming what and how to fix it. Exit code 2 when the input is at fault (a
+    repo id, a token, a revision, a folder), 1 when the Hub or the network is (5xx, timeouts, unreachable)."""
 
 
 @dataclass
@@ -146,7 +163,7 @@ def _stage_model(path: pathlib.Path, out: pathlib.Path, export: str) -> str | No
             shutil.copy2(shard, out / shard.name)
         return None
     from .export import write_export
-    from .models.loading import load_model
+    from .loading import load_model
 
     model, _ = load_model(str(path), device="cpu")
     target = export
@@ -263,7 +280,16 @@ class hub_errors:
         message = self._message(err)
         if message is None:
             return False  # not a Hub failure: a bug, with its traceback
-        raise HubError(message) from None
+        raise HubError(message, exit_code=1 if self._environment_fault(err) else 2) from None
+
+    @staticmethod
+    def _environment_fault(err: Exception) -> bool:
+        """The Hub or the network failed, not the user's input."""
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        return (status is not None and status >= 500) or _network_cause(err) is not None or \
+            isinstance(err, (OfflineModeIsEnabled, LocalEntryNotFoundError))
 
     def _message(self, err: Exception) -> str | None:
         from huggingface_hub.errors import (

@@ -45,10 +45,50 @@ def subprocess_env() -> dict:
     return env
 
 
+STAND_IN_SPEAKERS = ("First Citizen", "MENENIUS", "ROMEO", "JULIET", "KING RICHARD III", "LADY ANNE", "GLOUCESTER",
+                     "Second Servant", "DUKE VINCENTIO", "ISABELLA")
+STAND_IN_CHARS = set("\n !$&',-.3:;?") | {chr(c) for c in range(65, 91)} | {chr(c) for c in range(97, 123)}
+
+
+def stand_in_corpus(path: pathlib.Path, chars: int = 1_200_000) -> pathlib.Path:
+    """A play-shaped text made from the built-in corpus (the standard library's docstrings): speakers' names in
+    tinyshakespeare's layout, sentences kept to its 65 characters. Deterministic; used where
+    ../shared/data/tinyshakespeare.txt is not beside the checkout, so every test runs on a fresh clone."""
+    import re
+
+    from llmkit.data.sources import builtin_documents
+
+    out, size, turn = [], 0, 0
+    for doc in builtin_documents():
+        text = "".join(ch for ch in " ".join(doc.split()) if ch in STAND_IN_CHARS)
+        sentences = [s.strip() for s in re.split(r"(?<=[.?!;:])\s+", text) if len(s.strip()) > 20]
+        for i in range(0, len(sentences), 3):
+            speech = "\n".join(sentences[i : i + 3])
+            block = f"{STAND_IN_SPEAKERS[turn % len(STAND_IN_SPEAKERS)]}:\n{speech}\n\n"
+            turn += 1
+            out.append(block)
+            size += len(block)
+            if size >= chars:
+                path.write_text("".join(out))
+                return path
+    path.write_text("".join(out))
+    return path
+
+
 @pytest.fixture(scope="session")
-def shakespeare_path() -> pathlib.Path:
+def shakespeare_path(tmp_path_factory) -> pathlib.Path:
+    """tinyshakespeare where ../shared is beside this checkout, else a stand-in of the same shape that the tests make
+    (`stand_in_corpus`): no test skips for want of data."""
+    if SHAKESPEARE.exists() and not os.environ.get("LLMKIT_TEST_STAND_IN"):
+        return SHAKESPEARE
+    return stand_in_corpus(tmp_path_factory.mktemp("stand_in") / "shakespeare_stand_in.txt")
+
+
+@pytest.fixture(scope="session")
+def real_shakespeare() -> pathlib.Path:
+    """tinyshakespeare itself, for the slow checks against nanoGPT's published figures on it."""
     if not SHAKESPEARE.exists():
-        pytest.skip("../shared/data/tinyshakespeare.txt is not beside this checkout")
+        pytest.skip("compares with nanoGPT's figures on tinyshakespeare: ../shared/data/tinyshakespeare.txt is not here")
     return SHAKESPEARE
 
 

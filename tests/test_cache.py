@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from llmkit import build_model
-from llmkit.generate import generate_ids, generation_settings
+from llmkit.models.generation import generate_ids, generation_settings
 from llmkit.tokenizers import train_tokenizer
 
 VOCAB = 61

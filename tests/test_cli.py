@@ -82,8 +82,8 @@ def test_train_and_generate_print_no_deprecation_or_invalid_flag_warning(cli_run
 
 
 def test_generate_prints_the_prompt_and_its_continuation(cli_run):
-    from llmkit.generate import generate_texts
-    from llmkit.models.loading import load_model
+    from llmkit.loading import load_model
+    from llmkit.models.generation import generate_texts
 
     run, work = cli_run
     args = ("generate", run, "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1", "--no-stream")

@@ -13,7 +13,7 @@ from conftest import fit_windows
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
 from llmkit.cli import main
-from llmkit.generate import generate_texts
+from llmkit.models.generation import generate_texts
 from llmkit.tokenizers import train_tokenizer
 
 VERSE = "ROMEO: abc def\nCE ghi\n\nJULIET: abc\n\n"
@@ -82,7 +82,7 @@ def test_json_output_schema_several_samples_and_the_same_seed(run, capsys):
 
 
 def test_top_p_and_repetition_penalty_reach_the_sampler(run, capsys, tmp_path):
-    from llmkit.models.loading import load_model
+    from llmkit.loading import load_model
 
     model, tok = load_model(str(run), device="cpu")
     tight = cli(run, "--prompt", "ROMEO:", "--top-p", "0.01", "--seed", "0", "--temperature", "1.0",

@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from llmkit import LlmkitGPTForCausalLM
 from llmkit.config import ConfigError, load_config
-from llmkit.models.loading import load_model
+from llmkit.loading import load_model
+from llmkit.models.conversions import from_gpt2
 from llmkit.training import train
 from llmkit.training.lora import apply_lora
 
@@ -120,7 +121,7 @@ IDS = torch.tensor([[5, 17, 33, 2, 91, 120, 7, 64, 8, 300]])
 def test_gpt2_small_with_the_seeds_lora_settings_trains_294912_of_124734720_parameters():
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape, random weights (no download)
-    converted = LlmkitGPTForCausalLM.from_gpt2(gpt2, fused_activation=True)
+    converted = from_gpt2(gpt2, fused_activation=True)
     seed = dict(r=8, lora_alpha=32, target_modules=["c_attn"], lora_dropout=0.05)
     lines = []
     stock = apply_lora(gpt2, seed, log=lines.append)
@@ -258,7 +259,7 @@ def test_gpt2_fast_path_adapter_loads_onto_stock_gpt2_with_the_same_logits(work,
     config = read_json(run / "adapter_config.json")
     assert config["fan_in_fan_out"] is True and config["base_model_name_or_path"] == str(gpt2_base_run)
     stock = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(gpt2_base_run), run).eval()
-    trained = LlmkitGPTForCausalLM.from_gpt2(str(gpt2_base_run), fused_activation=True)
+    trained = from_gpt2(str(gpt2_base_run), fused_activation=True)
     assert trained.config.activation_function == "gelu_pytorch_tanh"
     trained = PeftModel.from_pretrained(trained, metrics["best_checkpoint"]).eval()  # as it was trained
     torch.testing.assert_close(logits(stock, IDS), logits(trained, IDS), atol=1e-4, rtol=0)

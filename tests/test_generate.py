@@ -8,7 +8,7 @@ from conftest import fit_windows
 
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
 from llmkit.cli import main
-from llmkit.generate import generate_texts
+from llmkit.models.generation import generate_texts
 from llmkit.tokenizers import train_tokenizer
 
 TEXT = "abcdefgh " * 40 + "the quick brown fox jumps over the lazy dog. " * 4

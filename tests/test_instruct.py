@@ -16,7 +16,7 @@ from conftest import llmkit_cmd, read_json, subprocess_env
 
 from llmkit.config import ConfigError, load_config
 from llmkit.data.instruct import DEFAULT_CHAT_TEMPLATE, encode, prepare_tokenizer
-from llmkit.models.loading import load_model
+from llmkit.loading import load_model
 from llmkit.tokenizers import train_tokenizer
 from llmkit.training import train
 

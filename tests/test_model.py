@@ -6,6 +6,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHea
 
 import llmkit
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM, build_model
+from llmkit.models.conversions import from_gpt2
 
 SMALL = dict(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 VARIANTS = {
@@ -61,7 +62,7 @@ def test_auto_classes_know_llmkit_gpt():
 def test_from_gpt2_matches_logits_and_greedy_tokens():
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=101, n_positions=64, n_embd=48, n_layer=3, n_head=4)).eval()
-    ours = LlmkitGPTForCausalLM.from_gpt2(gpt2).eval()
+    ours = from_gpt2(gpt2).eval()
     assert ours.config.activation_function == "gelu_new"
     ids = torch.randint(0, 101, (3, 20))
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_from_gpt2_loads_a_saved_folder(tmp_path):
     torch.manual_seed(1)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
     gpt2.save_pretrained(tmp_path)
-    ours = LlmkitGPTForCausalLM.from_gpt2(str(tmp_path)).eval()
+    ours = from_gpt2(str(tmp_path)).eval()
     ids = torch.randint(0, 50, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, gpt2(ids).logits, atol=1e-5, rtol=0)
@@ -335,7 +336,7 @@ def test_chunked_loss_equals_cross_entropy_on_the_full_logits_with_the_same_grad
             torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-4, atol=1e-6)
 
 
-def test_training_forward_with_a_large_vocabulary_returns_the_loss_without_logits(monkeypatch):
+def test_the_fused_loss_asked_for_in_training_returns_the_loss_without_logits(monkeypatch):
     from llmkit.models import chunked_loss
 
     monkeypatch.setattr(chunked_loss, "CHUNK_BYTES", 4 * SMALL["vocab_size"] * 4)
@@ -345,10 +346,11 @@ def test_training_forward_with_a_large_vocabulary_returns_the_loss_without_logit
     for mode in ("eval", "train"):
         model.zero_grad()
         getattr(model, mode)()
-        out = model(ids, labels=ids)
+        out = model(ids, labels=ids, fused_loss=mode == "train")
         out.loss.backward()
         grads[mode] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, out.logits)
     assert grads["train"][2] is None and grads["eval"][2] is not None
+    assert model(ids, labels=ids).logits is not None  # unasked, a training forward keeps the contract
     torch.testing.assert_close(grads["train"][0], grads["eval"][0], rtol=1e-5, atol=1e-6)
     for name, grad in grads["eval"][1].items():
         torch.testing.assert_close(grads["train"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)

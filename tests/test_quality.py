@@ -15,9 +15,9 @@ from llmkit.training import train
 
 
 @pytest.mark.slow
-def test_shakespeare_char_cpu_recipe_beats_nanogpt_validation_loss(tmp_path, shakespeare_path):
+def test_shakespeare_char_cpu_recipe_beats_nanogpt_validation_loss(tmp_path, real_shakespeare):
     cfg = load_config(REPO / "configs" / "shakespeare-char-cpu.yaml", [
-        f"data.source={shakespeare_path}", f"data.cache_dir={tmp_path / 'cache'}", "training.report_to=none",
+        f"data.source={real_shakespeare}", f"data.cache_dir={tmp_path / 'cache'}", "training.report_to=none",
         "training.disable_tqdm=true", "sample.max_new_tokens=40",
     ])
     metrics = train(cfg, output_dir=str(tmp_path / "run"), log=lambda *a: None)

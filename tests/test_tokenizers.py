@@ -2,6 +2,7 @@
 plain transformers, special tokens, unknown symbols and vocabulary-size checks."""
 
 import functools
+import pathlib
 import re
 
 import pytest
@@ -16,6 +17,7 @@ from llmkit.tokenizers import EOS, PAD, UNK, load_tokenizer, tokenizer_hash, tra
 
 PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEED_FILE = SEEDS / "000_7b66da0ec6b7d4dd.txt"
+SEED_SNIPPET = pathlib.Path(__file__).parent / "data" / "seed_notebook_text.txt"
 
 
 @functools.cache
@@ -38,11 +40,14 @@ def encode(tok, text: str) -> list[int]:
 
 
 def seed_text() -> str:
-    if not SEED_FILE.exists():
-        pytest.skip(f"{SEED_FILE} is not beside this checkout")
-    match = re.search(r'text = """(.*?)"""', SEED_FILE.read_text(), re.S)
-    assert match, "the seed notebook's text = \"\"\"...\"\"\" snippet was not found"
-    return match.group(1)
+    """The seed notebook's `text = \"\"\"...\"\"\"` snippet: shipped in tests/data, and checked against the seed itself
+    where ../shared is beside this checkout."""
+    shipped = SEED_SNIPPET.read_text()
+    if SEED_FILE.exists():
+        match = re.search(r'text = """(.*?)"""', SEED_FILE.read_text(), re.S)
+        assert match, "the seed notebook's text = \"\"\"...\"\"\" snippet was not found"
+        assert match.group(1) == shipped, "tests/data/seed_notebook_text.txt differs from the seed notebook's text"
+    return shipped
 
 
 # --- round trips -------------------------------------------------------------------------------------------

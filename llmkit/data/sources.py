@@ -28,7 +28,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..config import OneLineError, first_line
+from ..errors import OneLineError, first_line
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".tex", ".html", ".htm", ".py", ""}
 TABLE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -39,7 +39,7 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "idlelib", "lib2to3", "turtled
                 "encodings"}
 
 
-class DataError(OneLineError):
+class DataError(OneLineError, ValueError):
     """Bad data input: the message names the file or setting and the fix."""
 
 

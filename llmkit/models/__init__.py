@@ -1,14 +1,12 @@
 """Models: the llmkit GPT and the factory that builds it or the stock GPT-2."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
 from .configuration_llmkit_gpt import LlmkitGPTConfig
 from .factory import ARCHITECTURES, build_config, build_model
 from .modeling_llmkit_gpt import LlmkitGPTForCausalLM, LlmkitGPTModel, LlmkitGPTPreTrainedModel
+from .registration import register_transformers
 
-AutoConfig.register(LlmkitGPTConfig.model_type, LlmkitGPTConfig, exist_ok=True)
-AutoModel.register(LlmkitGPTConfig, LlmkitGPTModel, exist_ok=True)
-AutoModelForCausalLM.register(LlmkitGPTConfig, LlmkitGPTForCausalLM, exist_ok=True)
+register_transformers()
+REGISTERED = True
 
 __all__ = [
     "ARCHITECTURES",

@@ -90,12 +90,12 @@ class LlmkitGPTConfig(PretrainedConfig):
         self.activation_function = activation_function
         self.norm_type = norm_type
         self.position_embedding_type = position_embedding_type
-        self.rope_theta = float(rope_theta)
-        if position_embedding_type == "rotary":
+        if position_embedding_type == "rotary":  # a learned-position config has no rope attributes at all
             rope_parameters = dict(rope_parameters or {})
             rope_parameters.setdefault("rope_type", "default")
-            rope_parameters.setdefault("rope_theta", self.rope_theta)
-        self.rope_parameters = rope_parameters
+            rope_parameters.setdefault("rope_theta", float(rope_theta))
+            self.rope_parameters = rope_parameters
+            self.rope_theta = float(rope_theta)
         self.bias = bias
         self.qkv_bias = bias if qkv_bias is None else qkv_bias
         self.layer_norm_epsilon = layer_norm_epsilon

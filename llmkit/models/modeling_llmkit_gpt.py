@@ -14,8 +14,13 @@ Design choices:
   callers through transformers' own `deprecate_kwarg`, with its FutureWarning).
 - Rotary positions reuse transformers' RoPE (`LlamaRotaryEmbedding`, `rotate_half`), so RoPE scaling types
   (linear, dynamic, yarn, ...) come for free through `rope_parameters`. q and k are rotated in one pass.
+- transformers' whole model contract, as its GPT-2 and Llama keep it: hidden states and attentions through its
+  output-capture hooks (`_can_record_outputs`), `return_dict=False` tuples (`can_return_tuple`), logits whenever
+  the forward is asked for them. Every dropout is an `nn.Dropout` (attention's is read as a rate), so switches
+  that zero `nn.Dropout.p` (TRL's `disable_dropout`) reach all of them.
 - Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
-  `shift_labels` (already shifted targets) to score every position of a packed block.
+  `shift_labels` (already shifted targets) to score every position of a packed block. The training core asks
+  for the chunked fused loss explicitly (`fused_loss=True`), which returns no logits.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, rotate_half
+from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .chunked_loss import chunked_causal_lm_loss, logits_are_large
 from .configuration_llmkit_gpt import LlmkitGPTConfig
@@ -83,7 +90,9 @@ class LlmkitGPTAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head  # plain attributes: config attribute lookups are slow in the hot path
         self.head_dim = config.n_embd // config.n_head
-        self.attn_dropout = config.attn_pdrop
+        # an nn.Dropout that is never called: its `p` is the rate handed to the attention function, so the switches
+        # that set every nn.Dropout's p to 0 (TRL's disable_dropout, ...) reach attention dropout too
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_bias)
@@ -127,7 +136,7 @@ class LlmkitGPTAttention(nn.Module):
             key,
             value,
             attention_mask,
-            dropout=self.attn_dropout if self.training else 0.0,
+            dropout=self.attn_dropout.p if self.training else 0.0,
             scaling=self.scaling,
             **kwargs,
         )
@@ -196,6 +205,12 @@ class LlmkitGPTPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # transformers' output capture (`output_hidden_states`, `output_attentions`, as arguments or in the config):
+    # the input of each block and, last, the final norm's output; each attention module's weights (eager only)
+    _can_record_outputs = {
+        "hidden_states": LlmkitGPTBlock,
+        "attentions": OutputRecorder(LlmkitGPTAttention, index=1),
+    }
 
     def _init_weights(self, module):
         # transformers' defaults (normal(0, initializer_range) linears/embeddings, unit norms, RoPE buffers),
@@ -231,6 +246,7 @@ class LlmkitGPTModel(LlmkitGPTPreTrainedModel):
         self.wte = new_embeddings
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,  # (B, T)
@@ -304,6 +320,7 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -314,8 +331,15 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,  # (B, T) aligned with input_ids; shifted inside the loss
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        fused_loss: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """The causal LM forward of transformers' contract: logits (B, T, vocab), the loss when `labels` (or
+        `shift_labels`) are given, hidden states and attentions when asked, a tuple with `return_dict=False`.
+
+        `fused_loss=True` is the training core's fast path (LlmkitTrainer.compute_loss asks for it): with labels and
+        large logits, the loss is computed from the hidden states by chunks (chunked_loss.py) and no logits are
+        returned (`logits=None`)."""
         if use_cache is None and (labels is not None or kwargs.get("shift_labels") is not None):
             use_cache = False  # scoring, not decoding: no cache (and packed examples keep their own attention)
         outputs = self.transformer(
@@ -325,17 +349,19 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,  # whatever config.return_dict says: this model's own output decides
             **_attention_kwargs(kwargs),
         )
         hidden_states = outputs.last_hidden_state  # (B, T, C)
         shift_labels = kwargs.get("shift_labels")
-        if (labels is not None or shift_labels is not None) and self.training and logits_to_keep == 0 and \
+        if fused_loss and (labels is not None or shift_labels is not None) and logits_to_keep == 0 and \
                 logits_are_large(hidden_states.shape[0] * hidden_states.shape[1], self.config.vocab_size):
-            # training: the loss without the (B, T, vocab) logits (chunked_loss.py); none are returned
+            # asked for by the training core: the loss without the (B, T, vocab) logits (chunked_loss.py)
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels=labels, shift_labels=shift_labels,
                                           num_items_in_batch=kwargs.get("num_items_in_batch"),
                                           ignore_index=kwargs.get("ignore_index", -100))
-            return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache)
+            return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache,
+                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
         logits = self.lm_head(hidden_states)  # (B, T, vocab)
 
@@ -344,7 +370,8 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
             kwargs["shift_labels"] = shift_labels.contiguous()  # the loss flattens it with .view
         if labels is not None or shift_labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     def generate(self, *args, **kwargs):
         """`GenerationMixin.generate`, with the linear weights stored (in, out) while it runs on a CPU whose products
@@ -352,30 +379,6 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         (see decode_layout.py). Nothing else changes."""
         with cpu_decode_layout(self):
             return super().generate(*args, **kwargs)
-
-    @classmethod
-    def from_gpt2(
-        cls, model_or_path: str | nn.Module, *, fused_activation: bool = False, **from_pretrained_kwargs
-    ) -> LlmkitGPTForCausalLM:
-        """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent llmkit-gpt model.
-        `fused_activation=True` runs GPT-2's `gelu_new` as `gelu_pytorch_tanh` (same function, one kernel)."""
-        try:  # absolute and guarded: this file also travels alone with exported weights (trust_remote_code)
-            from llmkit.models.conversions.gpt2 import from_gpt2
-        except ImportError as err:
-            raise ImportError("LlmkitGPTForCausalLM.from_gpt2 needs llmkit installed") from err
-
-        return from_gpt2(cls, model_or_path, fused_activation=fused_activation, **from_pretrained_kwargs)
-
-    @classmethod
-    def from_llama(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs) -> LlmkitGPTForCausalLM:
-        """Convert a `LlamaForCausalLM` (instance, folder or Hub id) into an equivalent llmkit-gpt model
-        (ValueError when it uses grouped-query attention, biases or another activation than SiLU)."""
-        try:  # absolute and guarded, as in from_gpt2
-            from llmkit.models.conversions.llama import from_llama
-        except ImportError as err:
-            raise ImportError("LlmkitGPTForCausalLM.from_llama needs llmkit installed") from err
-
-        return from_llama(cls, model_or_path, **from_pretrained_kwargs)
 
 
 _LOSS_ONLY_KWARGS = ("shift_labels", "num_items_in_batch", "ignore_index")

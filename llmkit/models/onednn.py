@@ -58,6 +58,8 @@ def _cpu_vendor() -> str:
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a @ b_t.T (+ bias) on oneDNN; any strides."""
+    # private to torch: listed and checked in llmkit/compat.py; called here directly because this file travels
+    # with exported modeling code (`llmkit export --to code`), where llmkit is not installed
     return torch.ops.mkldnn._linear_pointwise(a, b_t, bias, "none", [], "")
 
 

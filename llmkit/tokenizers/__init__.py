@@ -83,14 +83,21 @@ def wrap(tok: Tokenizer, unk: bool) -> PreTrainedTokenizerFast:
     )
 
 
+LOAD_STATE_KWARGS = ("local_files_only", "is_local")  # transformers keeps them and would save them
+
+
 def load_tokenizer(
-    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, config=None
 ) -> PreTrainedTokenizerBase:
     """Load any tokenizer by Hub id or folder, as it is: a pretrained model's vocabulary must not grow (that would
     resize its embeddings, and LoRA would then have to train and ship them). Only what llmkit cannot work without
     is added: an EOS token to join documents (a new token, rare), and a pad token, which is the EOS when missing
     (GPT-2's practice; llmkit masks labels explicitly, never by the pad id)."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    kwargs = {"config": config} if config is not None else {}  # the model's config, when the caller has read it
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code,
+                                              **kwargs)
+    for key in LOAD_STATE_KWARGS:  # how this process loaded it (offline, from a folder), not what it is
+        tokenizer.init_kwargs.pop(key, None)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": EOS})
     if tokenizer.pad_token is None:

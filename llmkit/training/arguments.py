@@ -110,7 +110,7 @@ def expected_shape(cfg: Config) -> tuple[int | None, int | None, int | None]:
     if t.kind == "pretrained":  # the vocabulary of the model whose tokenizer this is (a base, or a teacher)
         source = t.name_or_path or m.from_pretrained
         try:
-            from ..models.loading import load_config
+            from ..loading import load_config
 
             revision = m.revision if source == m.from_pretrained else None
             vocab = getattr(load_config(source, revision=revision), "vocab_size", None)

@@ -67,7 +67,7 @@ class FeedbackCallback(TrainerCallback):
         self.last_time = time.perf_counter()
 
     def _samples(self, model, step: int, write: bool = True) -> None:
-        from ..generate import generate_texts
+        from ..models.generation import generate_texts
 
         with training_rng_untouched():
             texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg),

@@ -28,7 +28,7 @@ from .trainer import LlmkitTrainer
 
 def check_tokenizers(cfg: Config) -> None:
     """Before any data work: the student's tokenizer must be the teacher's (compared by content)."""
-    from ..models.loading import load_tokenizer_for
+    from ..loading import load_tokenizer_for
     from ..tokenizers import load_tokenizer, tokenizer_hash
 
     d, t = cfg.distill, cfg.tokenizer
@@ -52,7 +52,7 @@ def _another_tokenizer(name: str, teacher, student) -> str:
 
 
 def load_teacher(cfg: Config, student_tokenizer):
-    from ..models.loading import load_model
+    from ..loading import load_model
     from ..tokenizers import tokenizer_hash
 
     d = cfg.distill

@@ -26,6 +26,7 @@ import signal
 import torch
 from transformers import TrainerCallback
 
+from ..compat import foreach_norm
 from ..config import ConfigError, RunError
 
 LOCK = ".llmkit-lock"
@@ -153,7 +154,7 @@ def grads_finite(parameters) -> bool:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    return bool(torch.isfinite(torch.stack(foreach_norm(grads))).all())
 
 
 def disk_full(err: BaseException) -> bool:

@@ -92,6 +92,11 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
     converted model is saved back to (the GPT-2 fast path), or None."""
     model = trainer.model
     is_adapter = hasattr(model, "peft_config")
+    # The Trainer sets config.use_cache from TrainingArguments.use_cache (False) for training; the saved model is
+    # for inference, where the cache is on
+    config = getattr(trainer.accelerator.unwrap_model(model), "config", None)
+    if config is not None:
+        config.use_cache = True
     if is_adapter and base:
         for config in model.peft_config.values():
             config.base_model_name_or_path = base

@@ -1,5 +1,6 @@
-"""The Trainer subclass every llmkit workflow runs: llmkit's weight-decay rule, a FLOP count taken once, and
-perplexity and bits per character in every evaluation log."""
+"""The Trainer subclass every llmkit workflow runs: llmkit's weight-decay rule, a FLOP count taken once,
+perplexity and bits per character in every evaluation log, and llmkit-gpt's fused loss asked for explicitly in
+training steps (the model itself keeps transformers' contract and returns logits unless asked)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class LlmkitTrainer(Trainer):
         self._skip_update = False
         self._non_embedding_parameters: int | None = None
         self._grad_norm = None
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._fused_loss = getattr(getattr(base, "config", None), "model_type", None) == "llmkit-gpt"
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's loss; a training step of llmkit-gpt asks for its chunked fused loss (no logits made)."""
+        if self._fused_loss and model.training and not return_outputs and self.compute_loss_func is None \
+                and self.label_smoother is None:
+            inputs = {**inputs, "fused_loss": True}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """The Trainer's step; a NaN or infinite loss stops the run here, before the optimizer applies it

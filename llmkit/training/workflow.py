@@ -7,12 +7,13 @@ import pathlib
 
 import torch
 
+from ..compat import load_best_model, load_checkpoint
 from ..config import Config, ConfigError, RunError, first_line
 from ..data import prepare_data
 from ..data import summary as data_summary
+from ..loading import model_from_config
 from ..models import build_config
-from ..models.factory import model_from_config
-from .arguments import hub_settings, training_arguments, training_settings
+from .arguments import training_arguments, training_settings
 from .callbacks import FeedbackCallback, sample_kwargs
 from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, run_lock
 from .lora import apply_lora
@@ -45,7 +46,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     validate_optimizer(cfg.training)
     if cfg.training.get("max_time") is not None and not float(cfg.training["max_time"]) > 0:
         raise ConfigError(f"training.max_time={cfg.training['max_time']} must be a positive number of seconds")
-    out = pathlib.Path(output_dir or training_settings(cfg)[0]["output_dir"])
+    out = run_folder(cfg, output_dir)
     resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))  # before any work
     with run_lock(out, enabled=state.is_main_process):
         return _train(cfg, state, out, resume_from, output_dir, log, callbacks or [], on_nonfinite)
@@ -160,14 +161,13 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         write_run_files(out, trainer, tokenizer, metrics)
         log(f"done: {json.dumps({k: metrics[k] for k in metrics if k != 'best_checkpoint'}, default=str)}")
         log(f"{'adapter' if cfg.lora is not None else 'model'}, tokenizer, metrics and loss curve saved in {out}")
-        hub = hub_settings(cfg, str(out))
-        if hub:
-            from ..hub import push
-
-            pushed = push(out, hub.pop("repo_id"), **hub)
-            log(f"pushed {out} to {pushed.url} (commit {pushed.commit})")
     state.wait_for_everyone()
     return metrics
+
+
+def run_folder(cfg: Config, output_dir: str | None = None) -> pathlib.Path:
+    """The folder a run writes: `output_dir` (the command line's --output-dir), else training.output_dir."""
+    return pathlib.Path(output_dir or training_settings(cfg)[0]["output_dir"])
 
 
 def _quiet(*args) -> None:
@@ -188,10 +188,10 @@ def _finish_from(trainer, checkpoint: str):
     state and the best model itself, and the run folder is written as at the end of training."""
     from transformers.trainer_utils import TrainOutput
 
-    trainer._load_from_checkpoint(checkpoint)
+    load_checkpoint(trainer, checkpoint)
     trainer.state = type(trainer.state).load_from_json(str(pathlib.Path(checkpoint) / "trainer_state.json"))
     if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint:
-        trainer._load_best_model()
+        load_best_model(trainer)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else 0.0, {})
 
@@ -248,7 +248,7 @@ def check_launch(cfg: Config, state) -> None:
 
 
 def _is_stock(cfg: Config) -> bool:
-    from ..models.loading import load_config
+    from ..loading import load_config
 
     m = cfg.model
     return load_config(m.from_pretrained, revision=m.revision).model_type != "llmkit-gpt"
@@ -257,13 +257,13 @@ def _is_stock(cfg: Config) -> bool:
 def build_training_model(cfg: Config, tokenizer, log=print) -> tuple[torch.nn.Module, str | None]:
     """(the model to train, the stock architecture it is saved back to or None): built or loaded as the `model`
     section says, with the run's generation settings, and wrapped for LoRA when the config has a `lora` section."""
-    from ..generate import make_generation_config
+    from ..models.generation import make_generation_config
 
     m = cfg.model
     model = model_from_config(m, tokenizer)
     stock_arch, grew_vocab = None, False
     if m.from_pretrained is not None:
-        from ..models.loading import load_config
+        from ..loading import load_config
 
         own = load_config(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code)
         stock_arch = own.model_type if m.arch != own.model_type else None  # the fast path saves back as stock
@@ -284,8 +284,7 @@ def check_lora_settings(cfg: Config) -> None:
     """Build the `lora` section's LoraConfig against the model's structure (on the meta device: no weights)."""
     from transformers import AutoModelForCausalLM
 
-    from ..models.factory import convert_for_training
-    from ..models.loading import load_config
+    from ..loading import convert_for_training, load_config
 
     m = cfg.model
     with torch.device("meta"):
@@ -313,14 +312,10 @@ class _VocabOnly:
 
 def check_model_settings(cfg: Config) -> None:
     """Validate the model section (one-line ConfigError) without building anything."""
-    m = cfg.model
-    options = dict(n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
-                   dropout=m.dropout, tie_word_embeddings=m.tie_word_embeddings)
-    for k in ("n_inner", "activation_function", "mlp_type", "norm_type", "position_embedding_type", "bias", "qkv_bias"):
-        if getattr(m, k) is not None:
-            options[k] = getattr(m, k)
+    from ..model_options import architecture_options
+
     try:
-        build_config(m.arch, vocab_size=8, **options)
+        build_config(cfg.model.arch, vocab_size=8, **architecture_options(cfg.model))
     except ValueError as err:
         msg = str(err)
         raise ConfigError(msg if msg.startswith("model.") else f"model.{msg}") from None

@@ -11,7 +11,8 @@ loaded model and tokenizer. Two modes:
   model's bits per character equal its bits per token.
 - per document (`per_document=True`): each document is scored on its own, from a fresh start token (EOS/BOS), its
   boundary never predicted, and only its own characters and bytes counted: lm-evaluation-harness's rolling
-  loglikelihood, so bits per byte compare with published harness numbers (wikitext, ...).
+  loglikelihood (its default stride is the whole context, the harness's disjoint windows), so bits per byte
+  compare with published harness numbers (wikitext, ...).
 Models with different tokenizers are comparable through bits per character or byte in either mode.
 """
 
@@ -28,7 +29,8 @@ Args:
     predictions (list[str]): the texts (documents) to score.
     model: a loaded causal LM (transformers PreTrainedModel).
     tokenizer: its tokenizer (needs an EOS token).
-    stride (int, optional): window step in tokens; default half the context.
+    stride (int, optional): window step in tokens; default half the context, or the whole context per document
+        (lm-evaluation-harness's disjoint rolling windows, so its bits per byte are reproduced at the defaults).
     context (int, optional): window length; default the model's context.
     batch_size (int): windows per forward pass.
     max_tokens (int, optional): stop after scoring this many tokens.
@@ -52,9 +54,11 @@ class Perplexity(evaluate.Metric):
                  per_document=False):
         config = model.config
         context = int(context or getattr(config, "n_positions", None) or config.max_position_embeddings)
-        stride = int(stride) if stride is not None else max(1, context // 2)
+        if stride is None:  # per document: the harness's rolling windows, which never overlap
+            stride = context if per_document else max(1, context // 2)
+        stride = int(stride)
         if not 0 < stride <= context:
-            raise ValueError(f"--stride {stride} is outside [1, {context}] (the model's context); pass --stride "
+            raise ValueError(f"stride {stride} is outside [1, {context}] (the model's context); pass stride "
                              f"{context} or less")
         eos = tokenizer.eos_token_id
         if eos is None:

@@ -54,12 +54,14 @@ def import_model(model: nn.Module, **kwargs) -> LlmkitGPTForCausalLM:
     """A GPT2LMHeadModel or LlamaForCausalLM instance as the equivalent llmkit-gpt model (else ValueError).
     `kwargs` go to `from_gpt2` / `from_llama` (`fused_activation=True` for GPT-2)."""
     if isinstance(model, GPT2LMHeadModel):
-        return LlmkitGPTForCausalLM.from_gpt2(model, **kwargs)
+        return gpt2.from_gpt2(model, **kwargs)
     if isinstance(model, LlamaForCausalLM):
-        return LlmkitGPTForCausalLM.from_llama(model, **kwargs)
+        return llama.from_llama(model, **kwargs)
     raise ValueError(
         f"import_model converts a GPT2LMHeadModel or LlamaForCausalLM, got {type(model).__name__}"
     )
 
 
-__all__ = ["TARGETS", "export_model", "import_model", "stock_target", "unsupported_reason"]
+from_gpt2, from_llama = gpt2.from_gpt2, llama.from_llama
+
+__all__ = ["TARGETS", "export_model", "from_gpt2", "from_llama", "import_model", "stock_target", "unsupported_reason"]

@@ -62,11 +62,19 @@ def check_source(model: nn.Module, expected: type, what: str) -> None:
         raise TypeError(f"{what} expects a {expected.__name__}, got {type(model).__name__}{hint}")
 
 
-def unsupported_reason(mismatches: list[tuple[str, str]], other: str, other_fits: bool) -> str | None:
-    """One line from a converter's mismatches (the option and what the target lacks, the setting that fits):
-    the first option that does not fit, the other target when the model fits it, and the settings that fit."""
+# target name -> its converter's mismatches(config): each converter module registers its own at import, so a
+# reason can name another target the model fits without the converters importing each other
+MISMATCHES: dict = {}
+
+
+def unsupported_reason(target: str, config) -> str | None:
+    """None when `config` converts exactly to `target`; else one line from the converter's mismatches (the option
+    and what the target lacks, the setting that fits): the first option that does not fit, another target the model
+    fits, and the settings that fit."""
+    mismatches = MISMATCHES[target](config)
     if not mismatches:
         return None
+    others = [name for name, find in MISMATCHES.items() if name != target and not find(config)]
     what = mismatches[0][0]
     fix = " ".join(setting for _, setting in mismatches)
-    return f"{what}; {f'export with --to {other} or ' if other_fits else ''}retrain with {fix}"
+    return f"{what}; {f'export with --to {others[0]} or ' if others else ''}retrain with {fix}"

@@ -23,7 +23,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ..configuration_llmkit_gpt import LlmkitGPTConfig
-from ._common import build_exact, check_source
+from ..modeling_llmkit_gpt import LlmkitGPTForCausalLM
+from ._common import MISMATCHES, build_exact, check_source
 from ._common import unsupported_reason as _reason
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -34,12 +35,10 @@ FUSED_GELU, GPT2_GELU = "gelu_pytorch_tanh", "gelu_new"
 def unsupported_reason(config: LlmkitGPTConfig) -> str | None:
     """None when `config` has an exact GPT2LMHeadModel equivalent, else one line: the option, what GPT-2
     lacks, the fix."""
-    from . import llama
-
-    return _reason(_mismatches(config), "llama", not llama._mismatches(config))
+    return _reason("gpt2", config)
 
 
-def _mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
+def mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
     """(the option and what GPT-2 lacks, the setting that fits) for each option without a GPT-2 equivalent."""
     found = []
     if config.position_embedding_type != "learned":
@@ -132,9 +131,9 @@ def config_from_gpt2(gpt2: GPT2Config, *, fused_activation: bool = False) -> Llm
 
 
 def from_gpt2(
-    cls, model_or_path: str | nn.Module, *, fused_activation: bool = False, **from_pretrained_kwargs
+    model_or_path: str | nn.Module, *, fused_activation: bool = False, **from_pretrained_kwargs
 ):
-    """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent `cls` (llmkit-gpt) model.
+    """Convert a `GPT2LMHeadModel` (instance, folder or Hub id) into an equivalent `LlmkitGPTForCausalLM` model.
 
     fused_activation: run GPT-2's `gelu_new` as `gelu_pytorch_tanh`, the same function in one fused kernel
         (equal to float rounding, not bit for bit). Other activations are kept as they are.
@@ -151,4 +150,7 @@ def from_gpt2(
         # Conv1D (in, out) -> Linear (out, in); c_attn: (C, 3C) -> (3C, C), rows q | k | v
         state[name] = tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor
     config = config_from_gpt2(gpt2.config, fused_activation=fused_activation)
-    return build_exact(cls, config, state, gpt2)
+    return build_exact(LlmkitGPTForCausalLM, config, state, gpt2)
+
+
+MISMATCHES["gpt2"] = mismatches

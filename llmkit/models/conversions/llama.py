@@ -25,7 +25,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..configuration_llmkit_gpt import LlmkitGPTConfig
-from ._common import build_exact, check_source
+from ..modeling_llmkit_gpt import LlmkitGPTForCausalLM
+from ._common import MISMATCHES, build_exact, check_source
 from ._common import unsupported_reason as _reason
 
 # (llmkit-gpt name, Llama name) of the tensors that only change name; {i} is the layer index.
@@ -48,12 +49,10 @@ _SILU = ("silu", "swish")  # the same function in ACT2FN
 def unsupported_reason(config: LlmkitGPTConfig) -> str | None:
     """None when `config` has an exact LlamaForCausalLM equivalent, else one line: the option, what Llama
     lacks, the fix."""
-    from . import gpt2
-
-    return _reason(_mismatches(config), "gpt2", not gpt2._mismatches(config))
+    return _reason("llama", config)
 
 
-def _mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
+def mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
     """(the option and what Llama lacks, the setting that fits) for each option without a Llama equivalent."""
     found = []
     if config.position_embedding_type != "rotary":
@@ -179,8 +178,8 @@ def config_from_llama(llama: LlamaConfig) -> LlmkitGPTConfig:
     )
 
 
-def from_llama(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs):
-    """Convert a `LlamaForCausalLM` (instance, folder or Hub id) into an equivalent `cls` (llmkit-gpt)
+def from_llama(model_or_path: str | nn.Module, **from_pretrained_kwargs):
+    """Convert a `LlamaForCausalLM` (instance, folder or Hub id) into an equivalent `LlmkitGPTForCausalLM`
     model; ValueError (one line) when the Llama uses something llmkit-gpt lacks (grouped-query attention,
     biases, another activation than SiLU, a head_dim apart from hidden_size / heads)."""
     if isinstance(model_or_path, nn.Module):
@@ -200,4 +199,7 @@ def from_llama(cls, model_or_path: str | nn.Module, **from_pretrained_kwargs):
         state[f"transformer.h.{i}.mlp.c_fc.weight"] = torch.cat(gate_up, dim=0)  # 2 x (I, C) -> (2I, C)
     if src:
         raise ValueError(f"Llama -> llmkit-gpt: tensors without an llmkit-gpt place: {sorted(src)[:5]}")
-    return build_exact(cls, config, state, llama)
+    return build_exact(LlmkitGPTForCausalLM, config, state, llama)
+
+
+MISMATCHES["llama"] = mismatches

@@ -14,10 +14,12 @@ Design choices:
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import pathlib
 
-from ..config import ConfigError, first_line
+from .errors import ConfigError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -29,8 +31,25 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 LOAD_ERRORS = _load_errors()
 
 
+def _stamp(name: str) -> tuple:
+    """What a cached lookup of `name` depends on locally: the config files' modification times (a run folder that
+    is trained again is read again); empty for a Hub id, which the Hub client caches by revision."""
+    path = pathlib.Path(name).expanduser()
+    if not path.is_dir():
+        return ()
+    return tuple((f, (path / f).stat().st_mtime_ns) for f in ("config.json", ADAPTER_CONFIG) if (path / f).is_file())
+
+
 def adapter_config(name: str, revision: str | None = None) -> dict | None:
-    """The adapter_config.json of an adapter run (local folder or Hub repo), or None when `name` is no adapter."""
+    """The adapter_config.json of an adapter run (local folder or Hub repo), or None when `name` is no adapter.
+    Looked up once per name in a process (a Hub id is then one request per command, not one per question)."""
+    check_exists(name)
+    found = _adapter_config(name, revision, _stamp(name))
+    return copy.deepcopy(found)
+
+
+@functools.lru_cache(maxsize=128)
+def _adapter_config(name: str, revision: str | None, stamp: tuple) -> dict | None:
     path = pathlib.Path(name).expanduser()
     if path.is_dir():
         file = path / ADAPTER_CONFIG
@@ -46,6 +65,18 @@ def adapter_config(name: str, revision: str | None = None) -> dict | None:
         return None
     except Exception:  # noqa: BLE001 - offline, missing repo, ...: not an adapter we can read; the model load says why
         return None
+
+
+def check_exists(name: str, what: str | None = None) -> None:
+    """A name that can only be a local path (absolute, `./`, `~`, more than one `/`, or under a folder that exists
+    here) and does not exist is reported at once, not after the Hub client's retries."""
+    path = pathlib.Path(name).expanduser()
+    if path.exists():
+        return
+    first = name.split("/", 1)[0]
+    if not _may_be_hub_id(name) or name.count("/") > 1 or (first != name and pathlib.Path(first).is_dir()):
+        raise ConfigError(f"{what or name}: no such folder; pass an existing run or model folder, or a Hub id "
+                          "(namespace/name)")
 
 
 def _may_be_hub_id(name: str) -> bool:
@@ -69,13 +100,20 @@ def base_of(name: str, revision: str | None = None) -> str:
 
 
 def load_config(name: str, *, revision: str | None = None, trust_remote_code: bool = False):
-    """The transformers config of a model, or of an adapter run's base."""
+    """The transformers config of a model, or of an adapter run's base: read once per name in a process (a
+    command resolves its settings, checks them and builds the model from this one read); each caller gets a copy."""
+    if is_adapter(name, revision):
+        adapter, name, revision = name, base_of(name, revision), None
+        check_exists(name, f"cannot load the base model {name!r} of adapter {adapter!r}")
+    return copy.deepcopy(_load_config(name, revision, trust_remote_code, _stamp(name)))
+
+
+@functools.lru_cache(maxsize=128)
+def _load_config(name: str, revision: str | None, trust_remote_code: bool, stamp: tuple):
     from transformers import AutoConfig
 
     import llmkit  # noqa: F401  (registers llmkit-gpt with the Auto classes)
 
-    if is_adapter(name, revision):
-        name, revision = base_of(name, revision), None
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except LOAD_ERRORS as err:
@@ -85,35 +123,27 @@ def load_config(name: str, *, revision: str | None = None, trust_remote_code: bo
 
 def pretrained_settings(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> dict:
     """A pretrained model's settings under llmkit's `model.*` names (only those the config family knows)."""
-    config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
-    settings = {
-        "arch": config.model_type,
-        "n_layer": config.num_hidden_layers,
-        "n_head": config.num_attention_heads,
-        "n_embd": config.hidden_size,
-        "n_positions": getattr(config, "max_position_embeddings", None),
-        "tie_word_embeddings": config.tie_word_embeddings,
-    }
-    if config.model_type in ("llmkit-gpt", "gpt2"):
-        settings.update(n_inner=config.n_inner or 4 * config.n_embd, activation_function=config.activation_function)
-    if config.model_type == "llmkit-gpt":
-        for key in ("mlp_type", "norm_type", "position_embedding_type", "bias", "qkv_bias"):
-            settings[key] = getattr(config, key)
-    return settings
+    from .model_options import settings_of
+
+    return settings_of(load_config(name, revision=revision, trust_remote_code=trust_remote_code))
 
 
 def load_tokenizer_for(name: str, *, revision: str | None = None, trust_remote_code: bool = False):
     """The tokenizer a model or adapter run is used with (an adapter run's own, else its base's)."""
-    from ..tokenizers import load_tokenizer
+    from .tokenizers import load_tokenizer
 
     sources = [name]
     if is_adapter(name, revision):
         sources.append(base_of(name, revision))
+    try:  # the model's config, read once, so that transformers does not read it again to pick the tokenizer class
+        config = load_config(name, revision=revision, trust_remote_code=trust_remote_code)
+    except ConfigError:
+        config = None  # a tokenizer-only folder
     last = None
     for source in sources:
         try:
             return load_tokenizer(source, revision=revision if source == name else None,
-                                  trust_remote_code=trust_remote_code)
+                                  trust_remote_code=trust_remote_code, config=config)
         except LOAD_ERRORS as err:
             last = err
     raise ConfigError(f"cannot load a tokenizer for {name!r} ({first_line(last)}); a run folder holds its tokenizer")
@@ -135,11 +165,16 @@ def load_model(name: str, *, adapter: str | None = None, device: str | None = No
     base, base_revision = name, revision
     if adapter is None and is_adapter(name, revision):
         adapter, base, base_revision = name, base_of(name, revision), None
+    if adapter:
+        check_exists(base, f"cannot load the base model {base!r} of adapter {adapter!r}")
     tokenizer = load_tokenizer_for(adapter or name, revision=revision if adapter in (None, name) else None,
                                    trust_remote_code=trust_remote_code)
+    config = load_config(base, revision=base_revision, trust_remote_code=trust_remote_code)  # the one read
+    for key, value in (config_overrides or {}).items():
+        setattr(config, key, value)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, revision=base_revision, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True, **(config_overrides or {}))
+        model = AutoModelForCausalLM.from_pretrained(base, config=config, revision=base_revision,
+                                                     trust_remote_code=trust_remote_code, use_safetensors=True)
     except LOAD_ERRORS as err:
         what = f"the base model {base!r} of adapter {adapter!r}" if adapter else f"model {base!r}"
         raise ConfigError(f"cannot load {what}: {first_line(err)}; pass a run folder, a model folder or a Hub id "
@@ -152,8 +187,24 @@ def load_model(name: str, *, adapter: str | None = None, device: str | None = No
         if merge:
             model = model.merge_and_unload()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _check_device(device)
     model = model.to(device)
     return (model if trainable else model.eval()), tokenizer
+
+
+def _check_device(device: str) -> None:
+    """A device this machine does not have is the user's input (one line, exit 2), not a library's RuntimeError."""
+    import torch
+
+    kind, _, index = str(device).partition(":")
+    backend = getattr(torch, kind, None) if kind not in ("cpu", "meta") else None
+    if kind in ("cpu", "meta"):
+        return
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    count = backend.device_count() if available and hasattr(backend, "device_count") else 0
+    if not available or (index.isdigit() and int(index) >= count):
+        raise ConfigError(f"device {device} is not available on this machine; use device cpu"
+                          f"{f' or {kind}:0..{count - 1}' if count else ''}")
 
 
 def _adapter_generation_config(model, adapter: str) -> None:
@@ -184,3 +235,45 @@ def _first_mismatch(text: str) -> str:
         if "size mismatch" in line:
             return line.strip().rstrip(".")
     return first_line(ValueError(text))
+
+
+def model_from_config(m, tokenizer):
+    """The model a config's `model` section (`llmkit.config.ModelConfig`, resolved) describes, sized for
+    `tokenizer`: built from scratch, or loaded from `from_pretrained` (a run, model folder, adapter run (merged)
+    or Hub id). `arch: llmkit-gpt` on a pretrained GPT-2 converts it exactly (`from_gpt2`, its tanh GELU as one
+    fused kernel): the fast path for fine-tuning GPT-2. Embeddings grow when the tokenizer has more tokens."""
+    from .models.factory import build_model
+
+    if m.from_pretrained is None:
+        from .model_options import architecture_options
+
+        options = architecture_options(m)
+        model = build_model(m.arch, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **options)
+    else:
+        overrides = {}
+        if m.dropout is not None:
+            family = load_config(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code)
+            names = [n for n in ("embd_pdrop", "attn_pdrop", "resid_pdrop", "attention_dropout") if hasattr(family, n)]
+            overrides = dict.fromkeys(names, m.dropout)
+        model, _ = load_model(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code,
+                              device="cpu", merge=True, config_overrides=overrides)
+        model.train()
+        if m.arch != model.config.model_type:
+            model = convert_for_training(model, m.arch)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+    if m.attn_implementation:
+        model.set_attn_implementation(m.attn_implementation)
+    return model
+
+
+def convert_for_training(model, arch: str):
+    from transformers import GPT2LMHeadModel
+
+    from .models.conversions import from_gpt2
+
+    if arch == "llmkit-gpt" and isinstance(model, GPT2LMHeadModel):
+        return from_gpt2(model, fused_activation=True).train()
+    raise ValueError(f"model.arch={arch} cannot be applied to a pretrained {model.config.model_type} model; only GPT-2 "
+                     "converts to llmkit-gpt for training (remove model.arch to keep the model's own architecture)")

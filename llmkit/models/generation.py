@@ -26,8 +26,10 @@ from collections.abc import Iterable
 import torch
 from transformers import GenerationConfig, StoppingCriteriaList, StopStringCriteria, TextStreamer, set_seed
 
-from .models import LlmkitGPTPreTrainedModel
-from .models.decode_layout import cpu_decode_layout
+from ..compat import stop_string_vocab
+from ..errors import ParameterError
+from .decode_layout import cpu_decode_layout
+from .modeling_llmkit_gpt import LlmkitGPTPreTrainedModel
 
 
 def context_length(model) -> int:
@@ -134,11 +136,11 @@ def generation_settings(tokenizer, *, max_new_tokens=100, do_sample=None, temper
     if do_sample is None or temperature == 0:  # temperature 0 means greedy, also with do_sample set
         do_sample = temperature is not None and temperature > 0
     if temperature is not None and temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+        raise ParameterError("temperature", f"must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+        raise ParameterError("top_p", f"must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"--top-k must be >= 0, got {top_k}")
+        raise ParameterError("top_k", f"must be >= 0, got {top_k}")
     settings = dict(
         max_new_tokens=max_new_tokens,
         do_sample=bool(do_sample),
@@ -151,7 +153,7 @@ def generation_settings(tokenizer, *, max_new_tokens=100, do_sample=None, temper
         settings.update(temperature=temperature or 1.0, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
     if repetition_penalty is not None:
         if repetition_penalty <= 0:
-            raise ValueError(f"--repetition-penalty must be > 0, got {repetition_penalty}")
+            raise ParameterError("repetition_penalty", f"must be > 0, got {repetition_penalty}")
         settings["repetition_penalty"] = repetition_penalty
     return settings
 
@@ -225,7 +227,7 @@ class _StopStrings(StopStringCriteria):
             special = set(tokenizer.all_special_tokens)
             letters = sorted(t for t in tokenizer.get_vocab() if len(t) == 1 and t.isalnum() and t not in special)
             static_prefix = "".join(letters[:6]) or static_prefix
-        return StopStringCriteria.clean_tokenizer_vocab(tokenizer, static_prefix, stop_string_matching_mode)
+        return stop_string_vocab(tokenizer, static_prefix, stop_string_matching_mode)
 
 
 def _representable(stop: list[str] | None, tokenizer) -> list[str] | None:
