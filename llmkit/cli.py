@@ -131,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="a new folder for the files (default: the Hub cache)")
     p.add_argument("--revision", help="branch, tag or commit")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (transformers' serving code)")
+    p.add_argument("model", help="run folder, adapter run, exported folder or Hub id")
+    p.add_argument("--adapter", help="LoRA adapter run (folder or Hub id) applied to the model (merged)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` on every request (default: LLMKIT_API_KEY, if set)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if any)")
     return parser
 
 
@@ -180,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # library parameter names -> this command line's flags, in messages
 FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
-         "repetition_penalty": "--repetition-penalty", "stride": "--stride"}
+         "repetition_penalty": "--repetition-penalty", "stride": "--stride", "data": "--data", "resume": "--resume",
+         "to": "--to", "export": "--export"}
 
 
 def _one_line(message: str, code: int) -> int:
@@ -364,6 +374,13 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    return serve(args.model, adapter=args.adapter, host=args.host, port=args.port, api_key=args.api_key,
+                 device=args.device, log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
 def _device(text: str) -> str:
     """A torch device string, checked without importing torch (the command line answers at once)."""
     import re
@@ -371,6 +388,13 @@ def _device(text: str) -> str:
     if not re.fullmatch(r"(cpu|cuda|mps|xpu|npu|hpu|mlu|musa)(:\d+)?|\d+", text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda, cuda:N or mps")
     return text
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -391,7 +415,7 @@ def _as_config_error(err: Exception):
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "merge": cmd_merge, "export": cmd_export, "push": cmd_push, "pull": cmd_pull}
+            "merge": cmd_merge, "export": cmd_export, "push": cmd_push, "pull": cmd_pull, "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,14 +30,15 @@ class ConfigError(OneLineError, ValueError):
 
 class ParameterError(ConfigError):
     """A bad value of one parameter of a library call, named as the function names it (`temperature must be >= 0`):
-    a front end renames `parameter` to what its user typed (`--temperature`, `sample.temperature`)."""
+    a front end renames `parameter` to what its user typed (`--temperature`, `sample.temperature`). The message
+    follows the name; `{param}` in it stands for the name again (`pass {param} 32 or less`)."""
 
     def __init__(self, parameter: str, message: str):
-        super().__init__(f"{parameter} {message}")
+        super().__init__(f"{parameter}{message.replace('{param}', parameter)}")
         self.parameter, self.detail = parameter, message
 
     def named(self, name: str) -> ConfigError:
-        return ConfigError(f"{name} {self.detail.replace(self.parameter, name)}")
+        return ConfigError(f"{name}{self.detail.replace('{param}', name)}")
 
 
 class EnvironmentFault(OneLineError):

@@ -33,14 +33,14 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
     if instruct is None:
         documents = list(iter_documents(source, text_field=text_field))
         if not any(doc.strip() for doc in documents):
-            raise DataError(f"--data {source}: there is no text to score; point it at a file or folder with text")
+            raise ParameterError("data", f" {source}: there is no text to score; point it at a file or folder with text")
     results = []
     for name in names:
         model, tokenizer = load_model(name, device=device, adapter=adapter)
         context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
         if stride is not None and not 0 < stride <= context:
-            raise ParameterError("stride", f"{stride} is outside [1, {context}] (the context of {name}); pass stride "
-                                 f"{context} or less")
+            raise ParameterError("stride", f" {stride} is outside [1, {context}] (the context of {name}); pass "
+                                 f"{{param}} {context} or less")
         if instruct is None:
             try:
                 result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
@@ -91,7 +91,7 @@ def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fi
                                      ignore_index=-100, reduction="sum").item()
             count += int((targets != -100).sum())
     if count == 0:
-        raise DataError(f"--data {source}: no answer tokens to score")
+        raise ParameterError("data", f" {source}: no answer tokens to score")
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_token": loss / math.log(2),
             "tokens": count, "examples": len(examples)}

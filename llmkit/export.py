@@ -15,7 +15,7 @@ import os
 import pathlib
 import shutil
 
-from .config import ConfigError, first_line
+from .errors import ConfigError, ParameterError, first_line
 
 
 def check_new_folder(out: str | os.PathLike) -> pathlib.Path:
@@ -73,7 +73,7 @@ def write_export(model, out: pathlib.Path, target: str) -> None:
     try:
         stock = export_model(model, target)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"--to {target}: {first_line(err)}") from None
+        raise ParameterError("to", f" {target}: {first_line(err)}") from None
     stock.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
@@ -97,7 +97,7 @@ def export(run: str, out: str, *, to: str, revision: str | None = None) -> pathl
     from .loading import is_adapter, load_model
 
     if to not in TARGETS:
-        raise ConfigError(f"--to {to} is unknown; use one of {', '.join(TARGETS)}")
+        raise ParameterError("to", f" {to} is unknown; use one of {', '.join(TARGETS)}")
     path = check_new_folder(out)
     if is_adapter(run, revision):
         raise ConfigError(f"{run} is an adapter run; merge it first (`llmkit merge {run} MERGED`), then export that")

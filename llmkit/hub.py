@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from .errors import OneLineError, first_line
+from .errors import OneLineError, ParameterError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -127,7 +127,7 @@ def stage(path: pathlib.Path, *, export: str = "auto", checkpoints: bool = False
     """A temporary folder holding exactly what a push of `path` uploads (the caller removes it)."""
     kind = folder_kind(path)
     if export not in EXPORTS:
-        raise HubError(f"--export {export} is unknown; use one of {', '.join(EXPORTS)}")
+        raise ParameterError("export", f" {export} is unknown; use one of {', '.join(EXPORTS)}")
     out = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-push-"))
     try:
         for name in (*TOKENIZER_FILES, *RUN_FILES):

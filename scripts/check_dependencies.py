@@ -3,7 +3,8 @@ and again against the lower bounds pyproject.toml declares, each in a scratch vi
 
 torch stays at one wheel in both (the version installed in the interpreter running this script, or `--torch`),
 so a CPU machine never pulls CUDA builds. Prints one table: environment, package, version, and the suite's
-result. Exit code 0 when both suites pass.
+result. Exit code 0 when both suites pass. The suite includes tests/test_compat.py, which checks every private
+touchpoint listed in llmkit/compat.py, so a release that moves one fails there by name.
 
 When to run it: after any of transformers, peft, datasets, accelerate, tokenizers, evaluate or huggingface_hub
 publishes a release (they move every few weeks, and a fresh `pip install` takes the newest), before raising or

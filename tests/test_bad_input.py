@@ -121,6 +121,10 @@ def case_list(i: pathlib.Path) -> dict[str, tuple[list[str], str]]:
                           "--top-p must be in (0, 1]"),
         "zero new tokens": (["generate", str(run), "--max-new-tokens", "0"], "0 must be positive"),
         "not a device": (["generate", str(run), "--device", "gpu"], "'gpu' is not a device"),
+        "a device this machine lacks": (["evaluate", str(run), "--data", str(data), "--device", "cuda:7"],
+                                        "device cuda:7 is not available on this machine"),
+        "a relative path that does not exist": (["generate", "runs_here/nothing", "--prompt", "a"],
+                                                "runs_here/nothing: no such folder"),
         "prompt file missing": (["generate", str(run), "--prompt-file", str(i / "no_prompt.txt"), "--device", "cpu"],
                                 "--prompt-file"),
         "prompt file is a folder": (["generate", str(run), "--prompt-file", str(i / "prompt_dir"), "--device", "cpu"],
@@ -160,6 +164,10 @@ def before(inputs):
 @pytest.mark.parametrize("name", list(case_list(pathlib.Path("/x"))))
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, inputs, before, tmp_path, capfd, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything a case would write by default lands here, and is checked
+    if name == "a relative path that does not exist":  # online, a folder beside it: reported without the Hub
+        (tmp_path / "runs_here").mkdir()
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a Hub request would say so
     args, message = case_list(inputs)[name]
     args = [a.replace("CACHE", str(tmp_path / "cache")).replace("OUT", str(tmp_path / "out")) for a in args]
     try:
@@ -175,6 +183,17 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, inputs, before, 
     assert tree_hash(inputs) == before, "an input folder changed"
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "cache" not in p.parts]
     assert not written, written
+
+
+def test_llmkit_debug_prints_the_traceback_after_the_one_line(inputs, tmp_path):
+    for debug, traceback in (("1", True), ("", False)):
+        proc = subprocess.run([sys.executable, "-m", "llmkit.cli", "generate", str(tmp_path / "no_run")],
+                              env={**subprocess_env(), "LLMKIT_DEBUG": debug}, capture_output=True, text=True,
+                              timeout=120)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and lines[0].startswith("llmkit: error: ") and "no such folder" in lines[0]
+        assert ("Traceback (most recent call last)" in proc.stderr) == traceback, proc.stderr
+        assert "ConfigError" in proc.stderr or not traceback
 
 
 LAUNCH_CASES = {

@@ -136,11 +136,11 @@ def generation_settings(tokenizer, *, max_new_tokens=100, do_sample=None, temper
     if do_sample is None or temperature == 0:  # temperature 0 means greedy, also with do_sample set
         do_sample = temperature is not None and temperature > 0
     if temperature is not None and temperature < 0:
-        raise ParameterError("temperature", f"must be >= 0, got {temperature}")
+        raise ParameterError("temperature", f" must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ParameterError("top_p", f"must be in (0, 1], got {top_p}")
+        raise ParameterError("top_p", f" must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 0:
-        raise ParameterError("top_k", f"must be >= 0, got {top_k}")
+        raise ParameterError("top_k", f" must be >= 0, got {top_k}")
     settings = dict(
         max_new_tokens=max_new_tokens,
         do_sample=bool(do_sample),
@@ -153,7 +153,7 @@ def generation_settings(tokenizer, *, max_new_tokens=100, do_sample=None, temper
         settings.update(temperature=temperature or 1.0, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0)
     if repetition_penalty is not None:
         if repetition_penalty <= 0:
-            raise ParameterError("repetition_penalty", f"must be > 0, got {repetition_penalty}")
+            raise ParameterError("repetition_penalty", f" must be > 0, got {repetition_penalty}")
         settings["repetition_penalty"] = repetition_penalty
     return settings
 

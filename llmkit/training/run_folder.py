@@ -19,7 +19,7 @@ import re
 
 from transformers import Trainer
 
-from ..config import ConfigError
+from ..errors import ConfigError, ParameterError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
@@ -53,7 +53,7 @@ def starting_checkpoint(out: pathlib.Path, resume: bool, resume_from) -> str | N
     if resume or resume_from is True:
         checkpoint = last_complete_checkpoint(out)
         if checkpoint is None:
-            raise ConfigError(f"--resume: no complete checkpoint in {out}; start without --resume")
+            raise ParameterError("resume", f": no complete checkpoint in {out}; start without {{param}}")
         return str(checkpoint)
     if resume_from:
         return str(resume_from)

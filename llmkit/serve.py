@@ -1,0 +1,303 @@
+"""`llmkit serve MODEL`: a model behind an OpenAI-compatible HTTP API, on transformers' own serving code.
+
+Design choices:
+- transformers' serving app (`transformers.cli.serving`: `build_server`, its `ChatCompletionHandler` and
+  `CompletionHandler`, streaming over SSE, stop strings, seeds, the inference thread, cancelling a generation
+  whose client went away) serves the routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+  `/health`. llmkit supplies the model, loaded as every llmkit command loads one (`llmkit.loading.load_model`:
+  a run, an adapter run (merged into its base), an exported folder or a Hub id, with the run's generation
+  config and chat template), through a model manager pinned to it.
+- Every request is checked before transformers sees it, so a bad one is a 4xx with an OpenAI-style error body
+  (`{"error": {"message", "type", "param", "code"}}`), never a 500 or a traceback: malformed JSON, fields of the
+  wrong type, an unknown model name, an empty message list, `n` other than 1, a prompt that does not fit the
+  model's context, and `max_tokens` past it (the message gives the limit). Without `max_tokens`, generation
+  stops at the end of the context (transformers' default of 1024 new tokens would run past a small model's
+  learned positions) or at the model's EOS / end-of-turn token.
+- A model without a chat template (a plain pretraining run) is served on `/v1/completions`; chat requests to it
+  get a 400 that says so. An empty completion prompt starts from the EOS token, as `llmkit generate` does.
+- Binds 127.0.0.1 unless `--host` says otherwise; `--api-key KEY` (or `LLMKIT_API_KEY`) makes every request
+  without `Authorization: Bearer KEY` a 401 (except `/health`). `trust_remote_code` stays off. A port in use, a missing model or a
+  bad adapter is one line and exit code 2 before anything starts; SIGINT and SIGTERM stop the server cleanly
+  (uvicorn's shutdown) with exit code 0.
+- One generation at a time, on transformers' inference thread (its continuous batching needs an accelerator's
+  paged attention): concurrent clients queue, and each gets the text it would get alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import signal
+import socket
+from typing import Any
+
+from .errors import ConfigError, EnvironmentFault
+
+HOST, PORT = "127.0.0.1", 8000
+SERVING_HINT = 'pip install "llmkit[serve]" (transformers\' serving extras: fastapi, uvicorn, openai, pydantic)'
+
+
+def check_serving_installed() -> None:
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        raise ConfigError(f"llmkit serve needs transformers' serving dependencies; {SERVING_HINT}")
+
+
+def check_port(host: str, port: int) -> None:
+    """A port that is taken is the user's input to change, said before the model loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"port {port} on {host} is not free ({err.strerror or err}); pass another --port, or "
+                              "stop what is listening there") from None
+
+
+def model_context(model) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+
+
+class OpenAIError(Exception):
+    """A request the server refuses: its HTTP status and OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# field: (accepted JSON types, description) of the fields llmkit checks; transformers checks the rest by name
+_TYPES = {
+    "model": ((str,), "a string"),
+    "stream": ((bool,), "true or false"),
+    "max_tokens": ((int,), "a positive integer"),
+    "max_completion_tokens": ((int,), "a positive integer"),
+    "temperature": ((int, float), "a number >= 0"),
+    "top_p": ((int, float), "a number in (0, 1]"),
+    "seed": ((int,), "an integer"),
+    "n": ((int,), "1"),
+    "stop": ((str, list), "a string or a list of strings"),
+    "frequency_penalty": ((int, float), "a number"),
+}
+
+
+class RequestChecks:
+    """The checks of one served model (its name, tokenizer and context) on request bodies, in place: the
+    defaults llmkit fills in are written into the body transformers then reads."""
+
+    def __init__(self, name: str, model, tokenizer):
+        self.name, self.model, self.tokenizer = name, model, tokenizer
+        self.context = model_context(model)
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def common(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise OpenAIError(400, "the request body must be a JSON object")
+        for field, (types, what) in _TYPES.items():
+            value = body.get(field)
+            if value is None:
+                continue
+            if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                raise OpenAIError(400, f"{field} must be {what}, got {json.dumps(value)}", param=field,
+                                  code="invalid_type")
+        if body.get("model") not in (None, self.name):
+            raise OpenAIError(404, f"the model {body['model']!r} is not served here; this server serves "
+                              f"{self.name!r} (GET /v1/models)", param="model", code="model_not_found")
+        body["model"] = self.name
+        for field in ("max_tokens", "max_completion_tokens"):
+            if body.get(field) is not None and body[field] < 1:
+                raise OpenAIError(400, f"{field} must be a positive integer, got {body[field]}", param=field)
+        if body.get("temperature") is not None and body["temperature"] < 0:
+            raise OpenAIError(400, f"temperature must be >= 0, got {body['temperature']}", param="temperature")
+        if body.get("top_p") is not None and not 0 < body["top_p"] <= 1:
+            raise OpenAIError(400, f"top_p must be in (0, 1], got {body['top_p']}", param="top_p")
+        if body.get("n") not in (None, 1):
+            raise OpenAIError(400, f"n={body['n']} is not supported: one choice per request (send n=1, or several "
+                              "requests)", param="n")
+        body.pop("n", None)
+        stop = body.get("stop")
+        if isinstance(stop, list) and not all(isinstance(s, str) and s for s in stop) or stop == "":
+            raise OpenAIError(400, "stop must be a non-empty string or a list of them", param="stop")
+        if isinstance(stop, str):
+            body["stop"] = [stop]
+
+    def fit(self, body: dict, prompt_tokens: int) -> None:
+        """The prompt and the answer within the model's context; the answer's default length is the room left."""
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise OpenAIError(400, f"the prompt is {prompt_tokens} tokens; this model's context is {self.context} "
+                              "tokens, and the answer needs at least one: shorten the prompt",
+                              param="messages" if "messages" in body else "prompt", code="context_length_exceeded")
+        field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        asked = body.get(field)
+        if asked is not None and asked > room:
+            raise OpenAIError(400, f"{field}={asked} does not fit: the prompt is {prompt_tokens} tokens and the "
+                              f"context {self.context}, so {field} may be at most {room}", param=field,
+                              code="context_length_exceeded")
+        if asked is None:
+            body["max_tokens"] = room
+
+    def chat(self, body: dict) -> None:
+        self.common(body)
+        if not self.has_chat_template:
+            raise OpenAIError(400, f"{self.name} has no chat template (it was not trained with data.format=instruct): "
+                              "use /v1/completions with a prompt", param="messages", code="no_chat_template")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise OpenAIError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise OpenAIError(400, f"messages[{i}] must be an object with a string role and string content",
+                                  param=f"messages[{i}]")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]
+        self.fit(body, len(ids))
+
+    def completion(self, body: dict) -> None:
+        self.common(body)
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise OpenAIError(400, f"prompt must be a string, got {json.dumps(prompt)[:80]}", param="prompt",
+                              code="invalid_type")
+        if prompt == "":  # as llmkit generate: an empty prompt starts from the EOS token
+            body["prompt"] = prompt = self.tokenizer.eos_token
+        self.fit(body, len(self.tokenizer(prompt)["input_ids"]))
+
+
+def build_app(name: str, model, tokenizer, *, api_key: str | None = None):
+    """The FastAPI app: transformers' server with llmkit's model manager, request checks and errors."""
+    from fastapi import Request
+    from fastapi.exceptions import HTTPException, RequestValidationError
+    from fastapi.responses import JSONResponse
+    from transformers.cli.serving.chat_completion import ChatCompletionHandler
+    from transformers.cli.serving.completion import CompletionHandler
+    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.response import ResponseHandler
+    from transformers.cli.serving.server import build_server
+    from transformers.cli.serving.systemone import SystemOneHandler
+    from transformers.cli.serving.transcription import TranscriptionHandler
+    from transformers.cli.serving.utils import GenerationState
+
+    checks = RequestChecks(name, model, tokenizer)
+
+    class Manager(ModelManager):
+        """Pinned to the model llmkit loaded (a run, adapter run, exported folder or Hub id)."""
+
+        def _load_processor(self, model_id_and_revision, gguf_file=None):
+            return tokenizer
+
+        def _load_model(self, model_id_and_revision, tqdm_class=None, progress_callback=None, gguf_file=None):
+            return model
+
+        @staticmethod
+        def process_model_name(model_id: str) -> str:
+            return model_id
+
+        def list_models(self, cache_dir=None) -> list[dict]:
+            return [{"id": name, "object": "model", "created": 0, "owned_by": "llmkit",
+                     "context_length": checks.context, "chat": checks.has_chat_template}]
+
+    class Chat(ChatCompletionHandler):
+        async def handle_request(self, body, request_id):
+            checks.chat(body)
+            return await super().handle_request(body, request_id)
+
+    class Completion(CompletionHandler):
+        async def handle_request(self, body, request_id):
+            checks.completion(body)
+            return await super().handle_request(body, request_id)
+
+    manager = Manager(device=str(model.device), dtype="auto", force_model=name)
+    state = GenerationState(continuous_batching=False)
+    app = build_server(manager, Chat(model_manager=manager, generation_state=state),
+                       completion_handler=Completion(model_manager=manager, generation_state=state),
+                       response_handler=ResponseHandler(model_manager=manager, generation_state=state),
+                       transcription_handler=TranscriptionHandler(manager, state),
+                       systemone_handler=SystemOneHandler(model_manager=manager, generation_state=state),
+                       generation_state=state)
+
+    @app.exception_handler(OpenAIError)
+    async def _refused(_request: Request, err: OpenAIError):
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(_request: Request, err: RequestValidationError):
+        problems = err.errors()
+        first = problems[0] if problems else {}
+        kind = first.get("type", "")
+        message = ("the request body is not valid JSON" if "json" in kind else
+                   f"the request body is not a JSON object ({first.get('msg', kind)})")
+        return JSONResponse(OpenAIError(400, message).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, err: HTTPException):
+        status = err.status_code
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return JSONResponse(OpenAIError(status, str(err.detail), kind=kind).body(), status_code=status)
+
+    @app.exception_handler(Exception)
+    async def _fault(_request: Request, err: Exception):  # a bug: said in one line, the server goes on
+        from .errors import first_line
+
+        return JSONResponse(OpenAIError(500, f"the server failed on this request: {first_line(err)}",
+                                        kind="server_error").body(), status_code=500)
+
+    if api_key:
+        @app.middleware("http")
+        async def _authorize(request: Request, call_next):
+            if request.url.path == "/health":  # for load balancers and start-up checks; it tells nothing
+                return await call_next(request)
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), api_key):
+                return JSONResponse(OpenAIError(401, "missing or wrong API key: send Authorization: Bearer KEY",
+                                                code="invalid_api_key").body(), status_code=401)
+            return await call_next(request)
+
+    return app
+
+
+def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int = PORT, api_key: str | None = None,
+          device: str | None = None, log=print) -> int:
+    """Load `name` (and `adapter`) and serve it until SIGINT or SIGTERM. Returns the exit code (0)."""
+    check_serving_installed()
+    check_port(host, port)
+    from .loading import load_model
+
+    model, tokenizer = load_model(name, adapter=adapter, device=device, merge=True)
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            """uvicorn's, without raising the signal again after the shutdown: SIGINT and SIGTERM are how this
+            server is asked to stop, and it stops cleanly, with exit code 0."""
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    served = f"{name}+{adapter}" if adapter else name
+    app = build_app(served, model, tokenizer, api_key=api_key or os.environ.get("LLMKIT_API_KEY") or None)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = Server(config)
+    log(f"serving {served} on http://{host}:{port}/v1 (OpenAI-compatible; context {model_context(model)} tokens"
+        f"{', chat' if getattr(tokenizer, 'chat_template', None) else ', completions only'})")
+    try:
+        server.run()
+    except OSError as err:  # the port was taken between the check and the bind
+        raise EnvironmentFault(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    if not server.started:
+        raise EnvironmentFault(f"the server on {host}:{port} did not start; see the lines above")
+    return 0
