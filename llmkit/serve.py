@@ -13,10 +13,14 @@ Design choices:
   model's context, and `max_tokens` past it (the message gives the limit). Without `max_tokens`, generation
   stops at the end of the context (transformers' default of 1024 new tokens would run past a small model's
   learned positions) or at the model's EOS / end-of-turn token.
+- The chat page (`llmkit/static/chat.html`, at `/`): one static file with no network fetch but this server's
+  API, so it works offline. It talks to `/v1/chat/completions` like any client (to `/v1/completions` for a model
+  without a chat template), shows tokens as they stream, keeps the conversation, has a stop button (the request
+  is aborted; the server cancels its generation) and shows the sampling settings it sends.
 - A model without a chat template (a plain pretraining run) is served on `/v1/completions`; chat requests to it
   get a 400 that says so. An empty completion prompt starts from the EOS token, as `llmkit generate` does.
 - Binds 127.0.0.1 unless `--host` says otherwise; `--api-key KEY` (or `LLMKIT_API_KEY`) makes every request
-  without `Authorization: Bearer KEY` a 401 (except `/health`). `trust_remote_code` stays off. A port in use, a missing model or a
+  without `Authorization: Bearer KEY` a 401 (except `/health` and the page, which asks for the key). `trust_remote_code` stays off. A port in use, a missing model or a
   bad adapter is one line and exit code 2 before anything starts; SIGINT and SIGTERM stop the server cleanly
   (uvicorn's shutdown) with exit code 0.
 - One generation at a time, on transformers' inference thread (its continuous batching needs an accelerator's
@@ -29,6 +33,7 @@ import contextlib
 import hmac
 import json
 import os
+import pathlib
 import signal
 import socket
 from typing import Any
@@ -251,10 +256,18 @@ def build_app(name: str, model, tokenizer, *, api_key: str | None = None):
         return JSONResponse(OpenAIError(500, f"the server failed on this request: {first_line(err)}",
                                         kind="server_error").body(), status_code=500)
 
+    page = (pathlib.Path(__file__).parent / "static" / "chat.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    def chat_page():
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(page)
+
     if api_key:
         @app.middleware("http")
         async def _authorize(request: Request, call_next):
-            if request.url.path == "/health":  # for load balancers and start-up checks; it tells nothing
+            if request.url.path in ("/health", "/"):  # start-up checks, and the page (it asks for the key)
                 return await call_next(request)
             given = request.headers.get("authorization", "")
             scheme, _, token = given.partition(" ")

@@ -415,3 +415,49 @@ def test_a_broken_command_fails(in_session, sessions, capsys, monkeypatch):
         substitute(["llmkit", "generate", "RUNS"])
     with pytest.raises(AssertionError, match="no purpose check"):
         check_purpose(["llmkit", "serve", "runs/verse"], "", "", pathlib.Path("."), {})
+
+
+def test_use_your_model_serves_the_run_and_the_openai_snippet_gets_an_answer(sessions, in_session, capsys,
+                                                                             monkeypatch):
+    """The "Use your model" section: its `llmkit serve` command as a process (on a free port instead of 8000), then
+    its `openai` snippet against it, then SIGTERM: exit 0."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    section = _sections(README.read_text())["Use your model"]
+    (command,) = [line.split("#")[0].strip() for block in _bash_blocks(section) for line in block.strip().splitlines()]
+    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(snippets) == 1 and "8000" in command and "8000" in snippets[0]
+    cwd = in_session("main")
+    if not (cwd / "runs/verse").exists():
+        assert run_in_process(["train", "verse.yaml", *PARTIAL], None, capsys, monkeypatch)[0] == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    argv = substitute(shlex.split(command.replace("8000", port)))
+    assert argv[:2] == ["llmkit", "serve"]
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit.cli", *argv[1:], "--device", "cpu"], cwd=cwd,
+                            env=dict(subprocess_env(), LLMKIT_CACHE=str(sessions["cache"])), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "llmkit serve did not answer within 120 s"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+            assert b"llmkit chat" in page.read()  # the chat page
+        printed = []
+        exec(compile(snippets[0].replace("8000", port), "README.md (openai)", "exec"),
+             {"__name__": "readme", "print": printed.append})
+        assert isinstance(printed[-1], str) and len(printed[-1]) > 0, printed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]

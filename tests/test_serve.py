@@ -276,3 +276,62 @@ def test_a_port_in_use_a_missing_model_and_a_bad_adapter_are_one_line_and_exit_2
             lines = [line for line in proc.stderr.splitlines() if line.strip()]
             assert proc.returncode == 2, (name, proc.stderr[-3000:])
             assert len(lines) == 1 and message in lines[0], (name, lines)
+
+
+# --- the chat page, in a real browser ----------------------------------------------------------------------------
+
+
+def _chromium():
+    """Debian's chromium and chromedriver (apt-get install chromium chromium-driver), driven by selenium; never a
+    browser downloaded at run time."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
+                    "chromium-driver; .ci/run installs them as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1100,800"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_chat_page_streams_an_answer_keeps_the_conversation_and_stops(servers, runs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium()
+    try:
+        browser.get(servers["instruct"].url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: str(runs["instruct"]) in b.find_element(By.ID, "model").text)
+        for name in ("temperature", "top_p", "max_tokens", "seed"):  # the sampling settings are shown
+            assert browser.find_element(By.ID, name).is_displayed()
+        browser.find_element(By.ID, "temperature").clear()
+        browser.find_element(By.ID, "temperature").send_keys("0")
+        browser.find_element(By.ID, "input").send_keys("What does os.path.join do?")
+        browser.find_element(By.ID, "send").click()
+        answer = wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".assistant")
+                                            if e.get_attribute("data-state") == "done"), None))
+        expected = generate_greedy(runs["instruct"], "What does os.path.join do?", 100, chat=True)
+        assert answer.text.strip() == expected.strip() and answer.text.strip()
+        browser.save_screenshot(str(tmp_path / "chat.png"))
+        assert (tmp_path / "chat.png").stat().st_size > 5000
+        # the conversation is kept: the second request sends both turns
+        browser.find_element(By.ID, "input").send_keys("And os.path.split?")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: len([e for e in b.find_elements(By.CSS_SELECTOR, ".assistant")
+                                  if e.get_attribute("data-state") in ("done", "stopped")]) == 2)
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".user")) == 2
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
+    _still_serves(servers["instruct"], runs, "instruct")
