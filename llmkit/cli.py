@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="an llmkit-gpt run as a folder that loads without llmkit")
     p.add_argument("run", help="run folder or Hub id of an llmkit-gpt model")
     p.add_argument("out", help="new folder (must not exist)")
-    p.add_argument("--to", required=True, choices=("gpt2", "llama", "code"),
+    p.add_argument("--to", required=True, choices=("gpt2", "llama", "code", "gguf"),
                    help="gpt2 / llama: the exact stock architecture; code: llmkit-gpt with its modeling code "
-                        "(trust_remote_code=True)")
+                        "(trust_remote_code=True); gguf: one GGUF file for llama.cpp and an Ollama Modelfile")
+    p.add_argument("--quant", choices=("f32", "f16", "q8_0"), default="f32", help="--to gguf: the weights' type")
 
     p = sub.add_parser("push", help="push a run, adapter run, model or tokenizer folder to the Hugging Face Hub")
     p.add_argument("path", help="the folder to push (it is never modified)")
@@ -346,8 +347,8 @@ def cmd_merge(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    out = export(args.run, args.out, to=args.to)
-    print(f"exported {args.run} as {args.to} into {out}")
+    out = export(args.run, args.out, to=args.to, quant=args.quant)
+    print(f"exported {args.run} as {args.to}{f' ({args.quant})' if args.to == 'gguf' else ''} into {out}")
     return 0
 
 

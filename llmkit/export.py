@@ -58,7 +58,7 @@ def merge(adapter: str, out: str, *, base: str | None = None, revision: str | No
     return write_folder(path, write)
 
 
-TARGETS = ("gpt2", "llama", "code")
+TARGETS = ("gpt2", "llama", "code", "gguf")
 
 
 def write_export(model, out: pathlib.Path, target: str) -> None:
@@ -92,8 +92,9 @@ def _save_with_code(model, out: pathlib.Path) -> None:
         config_cls._auto_class, model_cls._auto_class = saved
 
 
-def export(run: str, out: str, *, to: str, revision: str | None = None) -> pathlib.Path:
-    """`llmkit export RUN OUT --to gpt2|llama|code`: a new folder that loads without llmkit."""
+def export(run: str, out: str, *, to: str, revision: str | None = None, quant: str = "f32") -> pathlib.Path:
+    """`llmkit export RUN OUT --to gpt2|llama|code|gguf`: a new folder that loads without llmkit (gguf: the
+    GGUF file and an Ollama Modelfile, `llmkit/gguf_export.py`)."""
     from .loading import is_adapter, load_model
 
     if to not in TARGETS:
@@ -105,6 +106,12 @@ def export(run: str, out: str, *, to: str, revision: str | None = None) -> pathl
     if model.config.model_type != "llmkit-gpt":
         raise ConfigError(f"{run} is a {model.config.model_type} model, already loadable without llmkit; "
                           "export converts llmkit-gpt runs")
+
+    if to == "gguf":
+        from .gguf_export import check_supported, export_gguf
+
+        check_supported(model, tokenizer)  # before anything is written
+        return write_folder(path, lambda tmp: export_gguf(model, tokenizer, tmp, quant))
 
     def write(tmp: pathlib.Path) -> None:
         write_export(model, tmp, to)
