@@ -303,6 +303,7 @@ def _chromium():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
+@pytest.mark.slow  # a browser start: in the slow suite, which .ci/run runs after the default one
 def test_the_chat_page_streams_an_answer_keeps_the_conversation_and_stops(servers, runs, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
