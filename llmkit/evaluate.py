@@ -12,6 +12,7 @@ from .data.sources import DataError, iter_documents
 from .errors import ParameterError
 from .loading import load_model
 from .metrics import PERPLEXITY_PATH
+from .models.generation import context_length
 
 
 def load_perplexity():
@@ -37,7 +38,7 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
     results = []
     for name in names:
         model, tokenizer = load_model(name, device=device, adapter=adapter)
-        context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+        context = context_length(model)
         if stride is not None and not 0 < stride <= context:
             raise ParameterError("stride", f" {stride} is outside [1, {context}] (the context of {name}); pass "
                                  f"{{param}} {context} or less")
@@ -68,7 +69,7 @@ def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fi
         raise ConfigError("this model's tokenizer has no chat template: --format instruct scores models trained with "
                           "data.format=instruct")
     cfg = load_config(None, [f"data.{k}={v}" for k, v in fields.items()] + ["data.format=instruct"])
-    context = int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+    context = context_length(model)
     examples = []
     for index, row in read_rows(source, cfg):
         ids, labels = encode(to_messages(row, index, source, cfg), tokenizer)

@@ -108,9 +108,8 @@ def export(run: str, out: str, *, to: str, revision: str | None = None, quant: s
                           "export converts llmkit-gpt runs")
 
     if to == "gguf":
-        from .gguf_export import check_supported, export_gguf
+        from .gguf_export import export_gguf
 
-        check_supported(model, tokenizer)  # before anything is written
         return write_folder(path, lambda tmp: export_gguf(model, tokenizer, tmp, quant))
 
     def write(tmp: pathlib.Path) -> None:

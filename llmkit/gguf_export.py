@@ -33,8 +33,9 @@ GGUF_NAME = "model-{quant}.gguf"
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 
-def check_supported(model, tokenizer) -> str:
-    """The llama.cpp architecture `model` exports to ("gpt2" or "llama"), or one ConfigError line."""
+def check_supported(model, tokenizer) -> tuple[str, dict]:
+    """The llama.cpp architecture `model` exports to ("gpt2" or "llama") and the tokenizer's specification, or one
+    ConfigError line."""
     from .models.conversions import stock_target, unsupported_reason
 
     config = model.config
@@ -48,8 +49,7 @@ def check_supported(model, tokenizer) -> str:
     if target == "llama" and rope.get("rope_type", "default") != "default":
         raise ParameterError("to", f" gguf: RoPE scaling ({rope['rope_type']}) is not written; retrain without "
                              "rope_parameters scaling")
-    _byte_level_bpe(tokenizer)
-    return target
+    return target, _byte_level_bpe(tokenizer)
 
 
 def _byte_level_bpe(tokenizer) -> dict:
@@ -145,8 +145,7 @@ def write_gguf(model, tokenizer, path: pathlib.Path, quant: str = "f32") -> path
 
     if quant not in QUANTS:
         raise ParameterError("quant", f" {quant} is unknown; use one of {', '.join(QUANTS)}")
-    target = check_supported(model, tokenizer)
-    spec = _byte_level_bpe(tokenizer)
+    target, spec = check_supported(model, tokenizer)
     c = model.config
     writer = gguf.GGUFWriter(str(path), target)
     writer.add_name(pathlib.Path(str(getattr(model, "name_or_path", "") or "llmkit")).name or "llmkit")

@@ -39,6 +39,7 @@ import socket
 from typing import Any
 
 from .errors import ConfigError, EnvironmentFault
+from .models.generation import context_length
 
 HOST, PORT = "127.0.0.1", 8000
 SERVING_HINT = 'pip install "llmkit[serve]" (transformers\' serving extras: fastapi, uvicorn, openai, pydantic)'
@@ -61,11 +62,6 @@ def check_port(host: str, port: int) -> None:
         except OSError as err:
             raise ConfigError(f"port {port} on {host} is not free ({err.strerror or err}); pass another --port, or "
                               "stop what is listening there") from None
-
-
-def model_context(model) -> int:
-    config = model.config
-    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
 
 class OpenAIError(Exception):
@@ -101,7 +97,7 @@ class RequestChecks:
 
     def __init__(self, name: str, model, tokenizer):
         self.name, self.model, self.tokenizer = name, model, tokenizer
-        self.context = model_context(model)
+        self.context = context_length(model)
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     def common(self, body: Any) -> None:
@@ -305,7 +301,7 @@ def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int 
     app = build_app(served, model, tokenizer, api_key=api_key or os.environ.get("LLMKIT_API_KEY") or None)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     server = Server(config)
-    log(f"serving {served} on http://{host}:{port}/v1 (OpenAI-compatible; context {model_context(model)} tokens"
+    log(f"serving {served} on http://{host}:{port}/v1 (OpenAI-compatible; context {context_length(model)} tokens"
         f"{', chat' if getattr(tokenizer, 'chat_template', None) else ', completions only'})")
     try:
         server.run()

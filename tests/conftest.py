@@ -37,6 +37,15 @@ def fit_windows(model, ids: torch.Tensor, steps: int, batch: int, context: int, 
     return model.eval()
 
 
+def train_run(path: pathlib.Path, overrides: list[str]) -> pathlib.Path:
+    """`llmkit train` in-process with these overrides (no config file), quietly, into `path`."""
+    from llmkit.config import load_config
+    from llmkit.training import train
+
+    train(load_config(None, overrides), output_dir=str(path), log=lambda *a: None)
+    return path
+
+
 def subprocess_env() -> dict:
     """Environment for llmkit subprocesses: CPU only, offline, and this checkout's llmkit first on the path."""
     env = dict(os.environ)

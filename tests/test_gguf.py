@@ -9,11 +9,9 @@ import subprocess
 
 import pytest
 import torch
-from conftest import llmkit_cmd, subprocess_env
+from conftest import llmkit_cmd, subprocess_env, train_run
 
-from llmkit.config import load_config
 from llmkit.loading import load_model
-from llmkit.training import train
 
 pytest.importorskip("gguf", reason='--to gguf needs its extra: pip install "llmkit[gguf]"')
 
@@ -28,23 +26,14 @@ FORMS = {
 TEXT = "ROMEO: To be, or not to be, that is the question.\nJULIET: Whether 'tis nobler in the mind to suffer"
 
 
-def quiet(*args):
-    pass
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shakespeare_head):
     root = tmp_path_factory.mktemp("gguf-runs")
     corpus = shakespeare_head(60_000)
-    out = {}
-    for name, extra in FORMS.items():
-        cfg = load_config(None, [*TINY, *extra, f"data.source={corpus}", f"data.cache_dir={root / 'cache'}"])
-        train(cfg, output_dir=str(root / name), log=quiet)
-        out[name] = root / name
-    cfg = load_config(None, [*TINY, *FORMS["llama"], "data.format=instruct", "data.source=builtin-instruct",
-                             f"data.cache_dir={root / 'cache'}"])
-    train(cfg, output_dir=str(root / "instruct"), log=quiet)
-    out["instruct"] = root / "instruct"
+    cache = f"data.cache_dir={root / 'cache'}"
+    out = {name: train_run(root / name, [*TINY, *extra, f"data.source={corpus}", cache]) for name, extra in FORMS.items()}
+    out["instruct"] = train_run(root / "instruct", [*TINY, *FORMS["llama"], "data.format=instruct",
+                                                    "data.source=builtin-instruct", cache])
     return out
 
 
@@ -129,9 +118,8 @@ def test_forms_and_vocabularies_gguf_cannot_state_are_refused_in_one_line(runs, 
     }
     for name, (extra, message) in cases.items():
         run = tmp_path / name.replace(" ", "_")
-        cfg = load_config(None, [*[t for t in TINY if "max_steps" not in t], "training.max_steps=2", *extra,
-                                 f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}"])
-        train(cfg, output_dir=str(run), log=quiet)
+        train_run(run, [*[t for t in TINY if "max_steps" not in t], "training.max_steps=2", *extra,
+                        f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}"])
         out = tmp_path / f"{run.name}-gguf"
         proc = subprocess.run(llmkit_cmd("export", run, out, "--to", "gguf"), env=subprocess_env(),
                               capture_output=True, text=True, timeout=300)

@@ -19,10 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import llmkit_cmd, subprocess_env
-
-from llmkit.config import load_config
-from llmkit.training import train
+from conftest import llmkit_cmd, subprocess_env, train_run
 
 openai = pytest.importorskip("openai", reason='llmkit serve needs its extra: pip install "llmkit[serve]"')
 
@@ -30,22 +27,16 @@ TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.n_positio
         "training.disable_tqdm=true", "sample.max_new_tokens=0", "training.learning_rate=3e-3"]
 
 
-def quiet(*args):
-    pass
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shakespeare_head):
     root = tmp_path_factory.mktemp("serve-runs")
     corpus, cache = shakespeare_head(60_000), f"data.cache_dir={root / 'cache'}"
-    train(load_config(None, [*TINY, "tokenizer.kind=char", f"data.source={corpus}", cache, "training.max_steps=60"]),
-          output_dir=str(root / "text"), log=quiet)
-    train(load_config(None, [*[t for t in TINY if not t.startswith("model.")], f"model.from_pretrained={root / 'text'}",
-                             f"data.source={corpus}", cache, "lora.r=4", "training.max_steps=10"]),
-          output_dir=str(root / "adapter"), log=quiet)
-    train(load_config(None, [*TINY, "model.n_positions=128", "tokenizer.kind=bpe", "tokenizer.vocab_size=400",
-                             "data.format=instruct", "data.source=builtin-instruct", cache, "training.max_steps=60"]),
-          output_dir=str(root / "instruct"), log=quiet)
+    train_run(root / "text", [*TINY, "tokenizer.kind=char", f"data.source={corpus}", cache, "training.max_steps=60"])
+    train_run(root / "adapter", [*[t for t in TINY if not t.startswith("model.")],
+                                 f"model.from_pretrained={root / 'text'}", f"data.source={corpus}", cache, "lora.r=4",
+                                 "training.max_steps=10"])
+    train_run(root / "instruct", [*TINY, "model.n_positions=128", "tokenizer.kind=bpe", "tokenizer.vocab_size=400",
+                                  "data.format=instruct", "data.source=builtin-instruct", cache, "training.max_steps=60"])
     return {name: root / name for name in ("text", "adapter", "instruct")}
 
 
