@@ -86,6 +86,7 @@ def test_f32_is_the_trained_model_logits_tokenizer_and_greedy_text(runs, exports
         assert their_tokenizer.eos_token_id == tokenizer.eos_token_id
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes; .ci/run runs the slow suite after it
 @pytest.mark.parametrize("form", ["gpt2", "llama"])
 def test_f16_within_its_rounding_and_q8_0_within_one_percent_perplexity(runs, exports, form):
     ours, tokenizer = load_model(str(runs[form]), device="cpu")
