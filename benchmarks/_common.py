@@ -87,6 +87,27 @@ def quickstart_run(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "model.n_layer=6",
+             "model.n_head=6", "model.n_embd=384", "model.n_positions=256", "training.max_steps=300",
+             "training.eval_steps=300", "sample.max_new_tokens=0"]
+
+
+def gpt2_form_run(folder: pathlib.Path) -> pathlib.Path:
+    """A run in the form with stock equivalents (GPT-2: learned positions, tanh GELU; nanoGPT's baby-GPT shape,
+    6/6/384, a 256-token context), trained briefly on the built-in corpus: what the serving and GGUF benchmarks
+    export (`--to gpt2`, `--to gguf`). `folder` as it is, or trained there first (about a minute)."""
+    import os
+    import subprocess
+    import sys
+
+    if not (folder / "config.json").exists():
+        print(f"training a GPT-2-form run into {folder} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "llmkit.cli", "train", str(REPO / "configs/quickstart.yaml"),
+                        "--output-dir", str(folder), *GPT2_FORM], check=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL)
+    return folder
+
+
 def time_it(fn, warmup: int, iters: int) -> float:
     """Median seconds per call of fn() after warmup calls."""
     for _ in range(warmup):

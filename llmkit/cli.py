@@ -85,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score each document alone from a fresh start token, counting only its own bytes "
                         "(lm-evaluation-harness's rolling loglikelihood, for comparing bits per byte with published "
                         "numbers); default: the documents joined with EOS as training sees them")
-    p.add_argument("--format", choices=("text", "instruct"), default="text",
-                   help="instruct: prompt/response (or chat messages) rows; scores the answer tokens only")
+    p.add_argument("--format", choices=("text", "instruct", "preference"), default="text",
+                   help="instruct: prompt/response (or chat messages) rows; scores the answer tokens only; "
+                        "preference: prompt/chosen/rejected rows; preference accuracy and margin")
+    p.add_argument("--chosen-field", default="chosen", help="--format preference: the better answer's column")
+    p.add_argument("--rejected-field", default="rejected", help="--format preference: the worse answer's column")
+    p.add_argument("--reference", help="--format preference: score log-ratios to this model (DPO's implicit reward)")
     p.add_argument("--prompt-field", default="prompt", help="--format instruct: the prompt column")
     p.add_argument("--response-field", default="response", help="--format instruct: the answer column")
     p.add_argument("--messages-field", default="messages", help="--format instruct: the chat messages column")
@@ -109,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=("gpt2", "llama", "code", "gguf"),
                    help="gpt2 / llama: the exact stock architecture; code: llmkit-gpt with its modeling code "
                         "(trust_remote_code=True); gguf: one GGUF file for llama.cpp and an Ollama Modelfile")
-    p.add_argument("--quant", choices=("f32", "f16", "q8_0"), default="f32", help="--to gguf: the weights' type")
+    from .gguf_export import QUANTS  # stdlib-only at import: the command line starts as fast
+
+    p.add_argument("--quant", choices=QUANTS, default="f32", help="--to gguf: the weights' type")
 
     p = sub.add_parser("push", help="push a run, adapter run, model or tokenizer folder to the Hugging Face Hub")
     p.add_argument("path", help="the folder to push (it is never modified)")
@@ -319,13 +325,21 @@ def cmd_generate(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_models, format_table
 
+    if args.reference and args.format != "preference":
+        from .errors import ConfigError
+
+        raise ConfigError("--reference scores preference pairs against a reference model: add --format preference")
     try:
         results = evaluate_models(args.models, args.data, text_field=args.text_field, stride=args.stride,
                                   batch_size=args.batch_size, max_tokens=args.max_tokens, device=args.device,
                                   adapter=args.adapter, per_document=args.per_document,
-                                  instruct=None if args.format == "text" else {
+                                  instruct=None if args.format != "instruct" else {
                                       "prompt_field": args.prompt_field, "response_field": args.response_field,
-                                      "messages_field": args.messages_field})
+                                      "messages_field": args.messages_field},
+                                  preference=None if args.format != "preference" else {
+                                      "prompt_field": args.prompt_field, "chosen_field": args.chosen_field,
+                                      "rejected_field": args.rejected_field},
+                                  reference=args.reference)
     except ValueError as err:  # a library's check of an argument
         raise _as_config_error(err) from None
     print(format_table(results))

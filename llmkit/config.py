@@ -67,15 +67,19 @@ class DataConfig:
     val_split: str = "random"  # random (seeded segments) | tail (the corpus' end, nanoGPT's way)
     seed: int = 1337
     packing: str | None = None  # text: blocks (default) | random (nanoGPT's windows); instruct: packed | padded
-    format: str = "text"  # text | instruct (prompt/response or chat messages, rendered with a chat template)
-    prompt_field: str = "prompt"  # instruct columns
+    format: str = "text"  # text | instruct (prompt/response or chat messages, rendered with a chat template) |
+    #                       preference (prompt/chosen/rejected rows, for the `preference:` section)
+    prompt_field: str = "prompt"  # instruct and preference columns
     response_field: str = "response"
+    chosen_field: str = "chosen"  # preference: the better answer (a string, or a list of assistant messages)
+    rejected_field: str = "rejected"  # preference: the worse answer
     messages_field: str = "messages"  # a list of {role, content}, used when the rows have it
     chat_template: str | None = None  # Jinja string or .jinja file; default: <|user|>{q}\n<|assistant|>{a}<|endoftext|>
     special_tokens: list[str] | None = None  # added to the tokenizer; default: the <|...|> markers of the template
     overlong: str = "truncate"  # instruct examples longer than the context: truncate | drop
     train_on_prompt: bool = False  # instruct: the loss on prompt tokens too (default: answers only)
-    errors: str = "strict"  # strict | replace | ignore: how bytes that are not UTF-8 are handled
+    errors: str = "strict"  # strict | replace | ignore: bytes that are not UTF-8; preference rows that are unusable
+    #                         (strict refuses them in one line, ignore/replace drop them and report the counts)
     streaming: bool = False
     num_proc: int = 1
     cache_dir: str | None = None  # default: ~/.cache/llmkit/data
@@ -88,6 +92,24 @@ class DistillConfig:
     temperature: float = 4.0  # softens both distributions: soft loss = KL(teacher_T, student_T) * T^2
     alpha: float = 0.5  # weight of the soft loss; 1 - alpha weighs the cross-entropy on the data
     kind: str = "forward_kl"  # forward_kl (KL(teacher || student), the curriculum's) | reverse_kl
+
+
+# preference.method: llmkit's name -> TRL's DPO loss_type (the paired losses of trl.DPOTrainer)
+PREFERENCE_METHODS = {"dpo": "sigmoid", "ipo": "ipo", "robust": "robust", "hinge": "hinge", "sppo_hard": "sppo_hard",
+                      "nca_pair": "nca_pair", "apo_zero": "apo_zero", "apo_down": "apo_down",
+                      "sigmoid_norm": "sigmoid_norm"}
+
+
+@dataclass
+class PreferenceConfig:
+    """Preference tuning on TRL's `DPOTrainer` (its losses, reference handling and metrics), on llmkit's core."""
+
+    method: str = "dpo"  # a key of PREFERENCE_METHODS: dpo (TRL's sigmoid loss), ipo, robust, hinge, ...
+    beta: float = 0.1  # how far the model may move from the reference (IPO's tau)
+    label_smoothing: float = 0.0  # robust: the share of pairs whose labels are taken as flipped, in [0, 0.5)
+    reference: str | None = None  # default: the starting model, frozen (with lora: the adapter disabled, no copy)
+    max_prompt_length: int | None = None  # longer prompts are unusable rows (default: the context less one token)
+    precompute_reference: bool = False  # the reference's log-probs once before training; no reference kept in memory
 
 
 def decode_escapes(text: str) -> str:
@@ -121,6 +143,7 @@ class Config:
     training: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] | None = None  # peft.LoraConfig fields; None: no LoRA
     distill: DistillConfig | None = None  # a teacher's soft targets; None: no distillation
+    preference: PreferenceConfig | None = None  # DPO and its relatives (with data.format: preference)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def to_dict(self) -> dict:
@@ -179,6 +202,7 @@ def resolve(cfg: Config) -> Config:
     m, t, d = cfg.model, cfg.tokenizer, cfg.data
     d.packing = d.packing or ("blocks" if d.format == "text" else "packed")
     _check_distill(cfg.distill)
+    _check_preference(cfg)
     if m.from_pretrained is None:
         for key, value in SCRATCH_DEFAULTS.items():
             if getattr(m, key) is None:
@@ -357,6 +381,36 @@ def _check_distill(d: DistillConfig | None) -> None:
         raise ConfigError(f"distill.temperature must be positive, got {d.temperature}")
     if d.kind not in ("forward_kl", "reverse_kl"):
         raise ConfigError(f"distill.kind={d.kind!r} is unknown; use forward_kl or reverse_kl")
+
+
+def _check_preference(cfg: Config) -> None:
+    """`data.format: preference` and the `preference:` section go together (the section's defaults when it is
+    absent); they start from a trained model and do not mix with distillation."""
+    p, d = cfg.preference, cfg.data
+    if p is None and d.format == "preference":
+        p = cfg.preference = PreferenceConfig()
+    if p is None:
+        return
+    if d.format != "preference":
+        raise ConfigError(f"the preference section trains on preference pairs: set data.format=preference (not "
+                          f"{d.format}) with prompt/chosen/rejected rows, e.g. data.source=builtin-preference")
+    if p.method not in PREFERENCE_METHODS:
+        raise ConfigError(f"preference.method={p.method!r} is unknown{_did_you_mean(p.method, list(PREFERENCE_METHODS), '')}"
+                          .replace("; known keys: ", "; use one of: "))
+    if not p.beta > 0:
+        raise ConfigError(f"preference.beta must be positive, got {p.beta}")
+    if not 0.0 <= p.label_smoothing < 0.5:
+        raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
+    if p.max_prompt_length is not None and p.max_prompt_length < 1:
+        raise ConfigError(f"preference.max_prompt_length must be positive, got {p.max_prompt_length}")
+    if cfg.model.from_pretrained is None:
+        raise ConfigError("preference tuning starts from a trained model: set model.from_pretrained (a run, an "
+                          "instruct or adapter run, or a Hub id such as gpt2)")
+    if cfg.distill is not None:
+        raise ConfigError("a run is either distilled or preference-tuned: remove the distill or the preference section")
+    if p.precompute_reference and cfg.lora is not None:
+        raise ConfigError("preference.precompute_reference saves the reference's memory, which LoRA does not use (its "
+                          "reference is the adapter disabled): remove one of them")
 
 
 def _check_lora(value: Any) -> dict | None:

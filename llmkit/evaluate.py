@@ -28,10 +28,15 @@ def evaluate_model(model, tokenizer, documents: list[str], *, stride=None, batch
 
 def evaluate_models(names: list[str], source: str, *, text_field="text", stride=None, batch_size=8,
                     max_tokens=None, device=None, adapter=None, instruct: dict | None = None,
-                    per_document=False) -> list[dict]:
-    """Score each model on `source`: text (sliding-window perplexity), or, with `instruct` (the instruct column
-    settings, `data.*` names), the loss on the answers of prompt/response or chat rows."""
-    if instruct is None:
+                    per_document=False, preference: dict | None = None, reference: str | None = None) -> list[dict]:
+    """Score each model on `source`: text (sliding-window perplexity); with `instruct` (the instruct column
+    settings, `data.*` names), the loss on the answers of prompt/response or chat rows; with `preference` (the
+    preference column settings), preference accuracy and margins on prompt/chosen/rejected rows (against
+    `reference` when given)."""
+    ref = None
+    if preference is not None and reference is not None:
+        ref = load_model(reference, device=device)
+    if instruct is None and preference is None:
         documents = list(iter_documents(source, text_field=text_field))
         if not any(doc.strip() for doc in documents):
             raise ParameterError("data", f" {source}: there is no text to score; point it at a file or folder with text")
@@ -42,7 +47,10 @@ def evaluate_models(names: list[str], source: str, *, text_field="text", stride=
         if stride is not None and not 0 < stride <= context:
             raise ParameterError("stride", f" {stride} is outside [1, {context}] (the context of {name}); pass "
                                  f"{{param}} {context} or less")
-        if instruct is None:
+        if preference is not None:
+            result = evaluate_preferences(model, tokenizer, source, batch_size=batch_size, reference=ref,
+                                          **preference)
+        elif instruct is None:
             try:
                 result = evaluate_model(model, tokenizer, documents, stride=stride, batch_size=batch_size,
                                         max_tokens=max_tokens, per_document=per_document)
@@ -98,8 +106,82 @@ def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fi
             "tokens": count, "examples": len(examples)}
 
 
+def answer_logps(model, tokenizer, pairs: list[tuple[list[int], int]], batch_size: int = 8):
+    """(summed log-probability of the answer, its token count) of each (ids, answer start) sequence."""
+    import torch
+    from torch.nn import functional as F
+
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            group = pairs[start : start + batch_size]
+            width = max(len(ids) for ids, _ in group)
+            ids = torch.full((len(group), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            labels = torch.full((len(group), width), -100, dtype=torch.long)
+            for row, (seq, begin) in enumerate(group):
+                ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+                labels[row, begin : len(seq)] = torch.tensor(seq[begin:])
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            targets = labels[:, 1:].to(device)
+            logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            out += [(float(lp), int(n)) for lp, n in zip(logp.sum(-1).tolist(), (targets != -100).sum(-1).tolist())]
+    return out
+
+
+def evaluate_preferences(model, tokenizer, source: str, *, batch_size: int = 8, reference=None, **fields) -> dict:
+    """Preference accuracy on prompt/chosen/rejected rows: the share of pairs whose chosen answer the model gives a
+    higher log-probability than the rejected one (with a reference model: a higher log-ratio to the reference,
+    DPO's implicit reward), the mean margin, and the per-token loss of the chosen answers. Rendered with the
+    model's chat template as `data.format: preference` trains; `builtin-preference` is scored on its held-out
+    split (the pairs a run tuned on it never saw)."""
+    from .config import ConfigError, load_config
+    from .data.preference import BUILTIN, read_pairs, to_pair
+    from .data.sources import in_validation
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("this model's tokenizer has no chat template: --format preference scores models trained "
+                          "with data.format=instruct or preference")
+    cfg = load_config(None, [f"data.{k}={v}" for k, v in fields.items()])
+    context = context_length(model)
+    sequences, skipped = [], 0
+    for index, row in read_pairs(source, cfg):
+        if source == BUILTIN and not in_validation(index, cfg.data.val_ratio, cfg.data.seed):
+            continue
+        pair = to_pair(row, cfg)
+        if isinstance(pair, str):
+            skipped += 1
+            continue
+        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
+                                               return_dict=False)
+        for key in ("chosen", "rejected"):
+            ids = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=True, return_dict=False)
+            begin = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
+            sequences.append((ids[:context], min(begin, context - 1)))
+    if not sequences:
+        raise ParameterError("data", f" {source}: no usable prompt/chosen/rejected rows to score")
+    ours = answer_logps(model, tokenizer, sequences, batch_size)
+    theirs = answer_logps(reference[0], reference[1], sequences, batch_size) if reference is not None else None
+    chosen, rejected = ours[0::2], ours[1::2]
+    scores = [c[0] - r[0] for c, r in zip(chosen, rejected)]
+    if theirs is not None:
+        scores = [s - (tc[0] - tr[0]) for s, tc, tr in zip(scores, theirs[0::2], theirs[1::2])]
+    import math
+
+    chosen_loss = -sum(c[0] for c in chosen) / max(1, sum(c[1] for c in chosen))
+    return {"accuracy": sum(s > 0 for s in scores) / len(scores), "margin": sum(scores) / len(scores),
+            "chosen_logp": sum(c[0] for c in chosen) / len(chosen),
+            "rejected_logp": sum(r[0] for r in rejected) / len(rejected), "chosen_loss": chosen_loss,
+            "chosen_perplexity": math.exp(min(chosen_loss, 50.0)), "pairs": len(scores), "skipped": skipped,
+            "relative_to_reference": reference is not None}
+
+
 def format_table(results: list[dict]) -> str:
     cols = ["model", "loss", "perplexity", "bits_per_token", "bits_per_char", "bits_per_byte", "tokens"]
+    if results and "accuracy" in results[0]:
+        cols = ["model", "accuracy", "margin", "chosen_logp", "rejected_logp", "chosen_loss", "pairs"]
     rows = [[_fmt(r.get(c)) for c in cols] for r in results]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]

@@ -1,4 +1,4 @@
-"""`llmkit export RUN OUT --to gguf [--quant f32|f16|q8_0]`: a run as one GGUF file for llama.cpp and Ollama,
+"""`llmkit export RUN OUT --to gguf [--quant f32|f16|q8_0|q4_0]`: a run as one GGUF file for llama.cpp and Ollama,
 with an Ollama `Modelfile` beside it.
 
 Design choices:
@@ -13,9 +13,10 @@ Design choices:
   SentencePiece) cannot state exactly (`tokenizer.kind=bpe`).
 - The tokenizer travels in the metadata: byte-level BPE (`tokenizer.ggml.model = gpt2`, GPT-2's pre-tokenizer,
   which llmkit's BPE uses), its merges, special tokens as control tokens, BOS/EOS/pad ids, and the chat template.
-- Quantization: `f32`; `f16` (matrices in f16, norms and biases in f32, as llama.cpp does); `q8_0` (matrices whose
-  rows are a multiple of 32 wide in llama.cpp's 8-bit blocks, the rest f16). 4-bit types are not offered: the
-  `gguf` package quantizes Q4_0 only in numpy reference code, unchecked against llama.cpp here.
+- Quantization: `f32`; `f16` (matrices in f16, norms and biases in f32, as llama.cpp does); `q8_0` and `q4_0`
+  (matrices whose rows are a multiple of 32 wide in llama.cpp's 8- or 4-bit blocks, quantized by the `gguf`
+  package's own code, the rest f16). The slow tests check llama.cpp's logits on the q4_0 file against
+  transformers' reading of it. The K-quants are not offered: the `gguf` package reads them but cannot write them.
 - The `Modelfile` names the file, the run's chat template as Ollama's Go template (llmkit's default template is
   translated exactly; another is refused there with a note), the end-of-turn stop, the context and the run's
   sampling defaults, so `ollama create NAME -f OUT/Modelfile` needs no edits.
@@ -28,7 +29,7 @@ import pathlib
 
 from .errors import ConfigError, ParameterError
 
-QUANTS = ("f32", "f16", "q8_0")
+QUANTS = ("f32", "f16", "q8_0", "q4_0")
 GGUF_NAME = "model-{quant}.gguf"
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
@@ -163,15 +164,15 @@ def write_gguf(model, tokenizer, path: pathlib.Path, quant: str = "f32") -> path
         writer.add_rope_dimension_count(c.n_embd // c.n_head)
         writer.add_vocab_size(c.vocab_size)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
+    blocks = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}.get(quant)
     writer.add_file_type(file_type)
     _tokenizer_metadata(writer, tokenizer, spec)
     for name, data in _tensors(model, target):
         if data.ndim < 2 or quant == "f32":
             writer.add_tensor(name, data.astype(np.float32))
-        elif quant == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
-            quantized = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        elif blocks is not None and data.shape[-1] % gguf.GGML_QUANT_SIZES[blocks][0] == 0:
+            writer.add_tensor(name, gguf.quants.quantize(data, blocks), raw_dtype=blocks)
         else:
             writer.add_tensor(name, data.astype(np.float16))
     writer.write_header_to_file()

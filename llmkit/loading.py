@@ -258,7 +258,7 @@ def model_from_config(m, tokenizer):
             overrides = dict.fromkeys(names, m.dropout)
         model, _ = load_model(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code,
                               device="cpu", merge=True, config_overrides=overrides)
-        model.train()
+        model.train().requires_grad_(True)  # an adapter run merged into its base keeps peft's frozen base weights
         if m.arch != model.config.model_type:
             model = convert_for_training(model, m.arch)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:

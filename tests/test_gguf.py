@@ -46,7 +46,7 @@ def exports(runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf-out")
     made = {}
     for name in ("gpt2", "llama", "instruct"):
-        for quant in ("f32", "f16", "q8_0"):
+        for quant in ("f32", "f16", "q8_0", "q4_0"):
             out = root / f"{name}-{quant}"
             assert main(["export", str(runs[name]), str(out), "--to", "gguf", "--quant", quant]) == 0
             made[name, quant] = out
@@ -88,7 +88,7 @@ def test_f32_is_the_trained_model_logits_tokenizer_and_greedy_text(runs, exports
 
 @pytest.mark.slow  # keeps the default suite under 15 minutes; .ci/run runs the slow suite after it
 @pytest.mark.parametrize("form", ["gpt2", "llama"])
-def test_f16_within_its_rounding_and_q8_0_within_one_percent_perplexity(runs, exports, form):
+def test_f16_within_its_rounding_q8_0_within_one_percent_perplexity_and_q4_0_within_five(runs, exports, form):
     ours, tokenizer = load_model(str(runs[form]), device="cpu")
     ids = tokenizer(TEXT * 2, return_tensors="pt").input_ids[:, : ours.config.n_positions]
     with torch.no_grad():
@@ -97,8 +97,10 @@ def test_f16_within_its_rounding_and_q8_0_within_one_percent_perplexity(runs, ex
         torch.testing.assert_close(f16(ids).logits, reference, atol=2e-2, rtol=1e-2)
     q8, _ = read_back(exports[form, "q8_0"], "q8_0", ours.config)
     assert perplexity(q8, ids) == pytest.approx(perplexity(ours, ids), rel=0.01)
-    sizes = {q: (exports[form, q] / f"model-{q}.gguf").stat().st_size for q in ("f32", "f16", "q8_0")}
-    assert sizes["q8_0"] < sizes["f16"] < sizes["f32"]
+    q4, _ = read_back(exports[form, "q4_0"], "q4_0", ours.config)
+    assert perplexity(q4, ids) == pytest.approx(perplexity(ours, ids), rel=0.05)
+    sizes = {q: (exports[form, q] / f"model-{q}.gguf").stat().st_size for q in ("f32", "f16", "q8_0", "q4_0")}
+    assert sizes["q4_0"] < sizes["q8_0"] < sizes["f16"] < sizes["f32"]
 
 
 def test_the_modelfile_names_the_file_the_template_the_stop_and_the_context(runs, exports):
@@ -166,3 +168,30 @@ def test_llama_cpp_answers_an_instruct_run_in_its_template_and_stops_at_the_end_
     expected = generate_texts(ours, tokenizer, [question], max_new_tokens=60, temperature=0.0, chat=True)[0]
     assert answer["choices"][0]["message"]["content"].strip() == expected.strip()
     assert answer["choices"][0]["finish_reason"] == "stop" or len(expected) >= 60
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form,quant", [("gpt2", "q8_0"), ("gpt2", "q4_0"), ("llama", "q8_0"), ("llama", "q4_0")])
+def test_llama_cpp_reads_the_quantized_blocks_as_transformers_does(runs, exports, form, quant):
+    """The blocks the `gguf` package's quantizer wrote mean to llama.cpp what they mean to transformers' GGUF
+    dequantizer: the same next-token choices over a window and the same perplexity (llama.cpp quantizes the
+    activations to 8 bits for its quantized products, so the logits are not equal to the digit)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: .ci/run builds it from "
+                                    "source before the slow suite (cmake and a C++ compiler)")
+    ours, tokenizer = load_model(str(runs[form]), device="cpu")
+    ids = tokenizer(TEXT * 2).input_ids[: ours.config.n_positions]
+    theirs, _ = read_back(exports[form, quant], quant, ours.config)
+    with torch.no_grad():
+        reference = theirs(torch.tensor([ids])).logits[0]
+    llm = llama_cpp.Llama(model_path=str(exports[form, quant] / f"model-{quant}.gguf"), n_ctx=ours.config.n_positions,
+                          n_threads=2, logits_all=True, verbose=False)
+    llm.eval(ids)
+    logits = torch.tensor(llm.scores[: len(ids)], dtype=torch.float32)
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    assert agree >= 0.95, agree
+
+    def nll(x):
+        return torch.nn.functional.cross_entropy(x[:-1], torch.tensor(ids[1:])).item()
+
+    assert math.exp(nll(logits)) == pytest.approx(math.exp(nll(reference)), rel=0.01)
+

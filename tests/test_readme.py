@@ -427,8 +427,9 @@ def test_use_your_model_serves_the_run_and_the_openai_snippet_gets_an_answer(ses
     import urllib.request
 
     section = _sections(README.read_text())["Use your model"]
-    (command,) = [line.split("#")[0].strip() for block in _bash_blocks(section) for line in block.strip().splitlines()]
-    snippets = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    serve_blocks = [block for block in _bash_blocks(section) if "llmkit serve" in block]
+    (command,) = [line.split("#")[0].strip() for block in serve_blocks for line in block.strip().splitlines()]
+    snippets = [code for code in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "openai" in code]
     assert len(snippets) == 1 and "8000" in command and "8000" in snippets[0]
     cwd = in_session("main")
     if not (cwd / "runs/verse").exists():
@@ -461,3 +462,64 @@ def test_use_your_model_serves_the_run_and_the_openai_snippet_gets_an_answer(ses
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-3000:]
+
+
+GGUF_RUN = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "tokenizer.kind=bpe",
+            "tokenizer.vocab_size=300", "data.source=text.txt", "training.output_dir=runs/gguf-form"]
+
+
+def _gguf_blocks() -> tuple[list[str], str]:
+    """The GGUF commands (export, then Ollama) and the llama.cpp snippet of "Use your model"."""
+    section = _sections(README.read_text())["Use your model"]
+    (block,) = [b for b in _bash_blocks(section) if "--to gguf" in b]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    (snippet,) = [code for code in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "llama_cpp" in code]
+    return commands, snippet
+
+
+@pytest.fixture
+def gguf_export(in_session, capsys, monkeypatch):
+    """The README's `llmkit export RUN gguf --to gguf ...`, RUN being a small GPT-2-form run with a BPE tokenizer
+    (the verse run is char-level, which GGUF cannot state)."""
+    commands, _ = _gguf_blocks()
+    export, ollama = commands
+    cwd = in_session("main")
+    if not (cwd / "runs/gguf-form/config.json").exists():
+        assert run_in_process(["train", "verse.yaml", *FAST, *GGUF_RUN], None, capsys, monkeypatch)[0] == 0
+    argv = [a if a != "RUN" else "runs/gguf-form" for a in shlex.split(export)]
+    assert argv[:2] == ["llmkit", "export"] and "RUN" in shlex.split(export)
+    out = cwd / argv[3]
+    if not out.exists():
+        rc, _, err = run_in_process(argv[1:], None, capsys, monkeypatch)
+        assert rc == 0, err[-3000:]
+    return cwd, out, ollama
+
+
+def test_use_your_model_exports_gguf_and_a_modelfile_ollama_can_create_from(gguf_export):
+    """The export runs; Ollama itself is not installed here (it is a download), so its command is checked against
+    the files: `ollama create -f gguf/Modelfile` names the Modelfile the export wrote, whose FROM is the GGUF file
+    beside it, and the file is GGUF that transformers loads."""
+    cwd, out, ollama = gguf_export
+    create, run = (part.strip() for part in ollama.split("&&"))
+    assert shlex.split(create)[:2] == ["ollama", "create"] and shlex.split(run)[:2] == ["ollama", "run"]
+    modelfile = cwd / shlex.split(create)[shlex.split(create).index("-f") + 1]
+    assert modelfile == out / "Modelfile"
+    (source,) = [line.split(None, 1)[1] for line in modelfile.read_text().splitlines() if line.startswith("FROM ")]
+    gguf_file = out / source
+    assert gguf_file.is_file() and gguf_file.read_bytes()[:4] == b"GGUF"
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((cwd / "runs/gguf-form/config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf_file.name, n_positions=config["n_positions"])
+    assert type(model).__name__ == "GPT2LMHeadModel"
+
+
+@pytest.mark.slow
+def test_use_your_model_llama_cpp_snippet_continues_the_prompt(gguf_export):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: .ci/run builds it from source before "
+                        "the slow suite (cmake and a C++ compiler)")
+    _, snippet = _gguf_blocks()
+    printed = []
+    exec(compile(snippet, "README.md (llama.cpp)", "exec"), {"__name__": "readme", "print": printed.append})
+    assert isinstance(printed[-1], str) and len(printed[-1]) > 0, printed
+

@@ -151,8 +151,8 @@ def validate_data_config(cfg: Config) -> None:
         raise ConfigError(f"data.val_ratio must be in [0, 1), got {d.val_ratio}")
     if d.val_split not in ("random", "tail"):
         raise ConfigError(f"data.val_split={d.val_split!r} is unknown; use random or tail")
-    if d.format not in ("text", "instruct"):
-        raise ConfigError(f"data.format={d.format!r} is unknown; use text or instruct")
+    if d.format not in ("text", "instruct", "preference"):
+        raise ConfigError(f"data.format={d.format!r} is unknown; use text, instruct or preference")
     if d.format == "text" and d.packing not in ("blocks", "random"):
         raise ConfigError(f"data.packing={d.packing!r} is unknown for text; use blocks or random")
     if cfg.block_size <= 0:
@@ -356,6 +356,12 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
 
     if cfg.data.streaming:
         return _prepare_streaming(cfg, cache_root, log)
+    if cfg.data.format == "preference":  # a pretrained model's tokenizer (config.py requires from_pretrained)
+        from .preference import prepare_preference
+
+        data = prepare_preference(cfg, _get_tokenizer(cfg, "", None, cache_root, log), log)
+        data.meta["seconds"] = time.perf_counter() - start
+        return data
     if cfg.data.format == "instruct":
         from .instruct import prepare_instruct
 
@@ -527,9 +533,11 @@ def _prepare_streaming(cfg: Config, cache_root: pathlib.Path, log) -> PreparedDa
 def summary(data: PreparedData, block_size: int) -> str:
     """A short report of what was prepared."""
     if not isinstance(data, PreparedData):
+        from .instruct import InstructData
         from .instruct import summary as instruct_summary
+        from .preference import summary as preference_summary
 
-        return instruct_summary(data)
+        return instruct_summary(data) if isinstance(data, InstructData) else preference_summary(data)
     m = data.meta
     if m.get("streaming"):
         return f"streaming from {data.stream['cfg'].data.source}; vocabulary {m['vocab_size']}"

@@ -161,7 +161,17 @@ def hub_settings(cfg: Config, output_dir: str) -> dict | None:
 
 
 def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: bool = True) -> TrainingArguments:
+    """The run's `TrainingArguments`; for a preference run, TRL's `DPOConfig` (a subclass) with the same settings
+    and the `preference:` section's (llmkit.training.preference)."""
     args, user = training_settings(cfg)
+    args_class = TrainingArguments
+    if cfg.preference is not None:
+        from trl import DPOConfig
+
+        from .preference import preference_arguments
+
+        args_class = DPOConfig
+        args.update(preference_arguments(cfg, user))
     token = args.pop("hub_token", None)
     if args.get("push_to_hub") and "hub_strategy" not in user:
         args["push_to_hub"] = False  # llmkit pushes the complete run folder at the end (hub_settings)
@@ -183,6 +193,6 @@ def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: boo
     args["lr_scheduler_kwargs"] = {k: float(v) if isinstance(v, str) else v for k, v in kwargs.items()}
     args["remove_unused_columns"] = False
     try:
-        return TrainingArguments(**args)
+        return args_class(**args)
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"training settings rejected by TrainingArguments: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"training settings rejected by {args_class.__name__}: {str(err).splitlines()[0]}") from None

@@ -54,9 +54,14 @@ class FeedbackCallback(TrainerCallback):
             tps = self.throughput(state)
             lr = f"{self.lr:.2e}" if self.lr is not None else "-"
             bpc = f"bpc {metrics['eval_bits_per_char']:.3f} | " if "eval_bits_per_char" in metrics else ""
+            if "eval_rewards/accuracies" in metrics:  # a preference run: TRL's reward accuracy and margin
+                quality = (f"reward accuracy {metrics['eval_rewards/accuracies']:.3f} | margin "
+                           f"{metrics.get('eval_rewards/margins', float('nan')):.3f}")
+            else:
+                quality = f"ppl {metrics.get('eval_perplexity', float('nan')):.2f}"
             line = (
                 f"step {state.global_step}/{state.max_steps} | eval loss {metrics['eval_loss']:.4f} | "
-                f"ppl {metrics.get('eval_perplexity', float('nan')):.2f} | {bpc}lr {lr} | {tps:,.0f} tok/s"
+                f"{quality} | {bpc}lr {lr} | {tps:,.0f} tok/s"
             )
             print(line, file=sys.stderr, flush=True)
         # A sharded model (FSDP, DeepSpeed ZeRO-3) needs every process in each forward: all of them sample (the same
@@ -71,7 +76,7 @@ class FeedbackCallback(TrainerCallback):
 
         with training_rng_untouched():
             texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg),
-                                   chat=self.cfg.data.format == "instruct")
+                                   chat=self.cfg.data.format in ("instruct", "preference"))
         if not write:
             return
         with self.samples_path.open("a") as f:

@@ -16,6 +16,8 @@ from .guards import grads_finite, nonfinite_error
 class LlmkitTrainer(Trainer):
     """Trainer with llmkit's weight-decay rule and extra evaluation metrics in every log."""
 
+    perplexity_in_logs = True  # eval_loss is a language-model loss (not for preference runs)
+
     def __init__(self, *args, tokens_per_char: float | None = None, on_nonfinite: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens_per_char = tokens_per_char
@@ -103,7 +105,7 @@ class LlmkitTrainer(Trainer):
         super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.perplexity_in_logs:
             logs.update(perplexity_metrics(logs["eval_loss"], self.tokens_per_char, prefix="eval_"))
         super().log(logs, *args, **kwargs)
 

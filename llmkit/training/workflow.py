@@ -63,7 +63,11 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
 
     set_seed(cfg.training.get("seed", cfg.data.seed))  # the starting weights follow the run's seed
     model, stock_arch = build_training_model(cfg, tokenizer, log if state.is_main_process else _quiet)
+    reference = None
+    if cfg.preference is not None:
+        from .preference import reference_model
 
+        reference = reference_model(cfg, model, tokenizer)  # a frozen copy of the starting weights
     train_ds = data.train_dataset(cfg.block_size, cfg.data.packing, cfg.data.seed)
     eval_ds = data.eval_dataset(cfg.block_size)
     args = training_arguments(cfg, output_dir, has_eval=eval_ds is not None)
@@ -98,6 +102,10 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         from .distill import DistillationTrainer, load_teacher
 
         trainer_cls, extra = DistillationTrainer, {"teacher": load_teacher(cfg, tokenizer), "distill": cfg.distill}
+    if cfg.preference is not None:
+        from .preference import preference_trainer_class
+
+        trainer_cls, extra = preference_trainer_class(), {"ref_model": reference}
     extra.update(muon_trainer_kwargs(cfg.training, args))
     trainer = trainer_cls(
         model=model,
