@@ -107,6 +107,7 @@ class PreferenceConfig:
     method: str = "dpo"  # a key of PREFERENCE_METHODS: dpo (TRL's sigmoid loss), ipo, robust, hinge, ...
     beta: float = 0.1  # how far the model may move from the reference (IPO's tau)
     label_smoothing: float = 0.0  # robust: the share of pairs whose labels are taken as flipped, in [0, 0.5)
+    sft_weight: float = 0.0  # adds the chosen answers' language-model loss at this weight (RPO; TRL's "sft" loss)
     reference: str | None = None  # default: the starting model, frozen (with lora: the adapter disabled, no copy)
     max_prompt_length: int | None = None  # longer prompts are unusable rows (default: the context less one token)
     precompute_reference: bool = False  # the reference's log-probs once before training; no reference kept in memory
@@ -399,6 +400,8 @@ def _check_preference(cfg: Config) -> None:
                           .replace("; known keys: ", "; use one of: "))
     if not p.beta > 0:
         raise ConfigError(f"preference.beta must be positive, got {p.beta}")
+    if p.sft_weight < 0:
+        raise ConfigError(f"preference.sft_weight must be >= 0, got {p.sft_weight}")
     if not 0.0 <= p.label_smoothing < 0.5:
         raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
     if p.max_prompt_length is not None and p.max_prompt_length < 1:

@@ -138,7 +138,7 @@ def evaluate_preferences(model, tokenizer, source: str, *, batch_size: int = 8, 
     model's chat template as `data.format: preference` trains; `builtin-preference` is scored on its held-out
     split (the pairs a run tuned on it never saw)."""
     from .config import ConfigError, load_config
-    from .data.preference import BUILTIN, read_pairs, to_pair
+    from .data.preference import BUILTIN, read_pairs, rendered_ids, to_pair
     from .data.sources import in_validation
 
     if not getattr(tokenizer, "chat_template", None):
@@ -154,10 +154,9 @@ def evaluate_preferences(model, tokenizer, source: str, *, batch_size: int = 8, 
         if isinstance(pair, str):
             skipped += 1
             continue
-        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
-                                               return_dict=False)
+        prompt = rendered_ids(tokenizer, pair["prompt"], prompt=True)
         for key in ("chosen", "rejected"):
-            ids = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=True, return_dict=False)
+            ids = rendered_ids(tokenizer, pair["prompt"] + pair[key])
             begin = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
             sequences.append((ids[:context], min(begin, context - 1)))
     if not sequences:
@@ -171,7 +170,8 @@ def evaluate_preferences(model, tokenizer, source: str, *, batch_size: int = 8, 
     import math
 
     chosen_loss = -sum(c[0] for c in chosen) / max(1, sum(c[1] for c in chosen))
-    return {"accuracy": sum(s > 0 for s in scores) / len(scores), "margin": sum(scores) / len(scores),
+    wins = sum(1.0 if s > 0 else 0.5 if s == 0 else 0.0 for s in scores)  # a tie (the reference itself) is chance
+    return {"accuracy": wins / len(scores), "margin": sum(scores) / len(scores),
             "chosen_logp": sum(c[0] for c in chosen) / len(chosen),
             "rejected_logp": sum(r[0] for r in rejected) / len(rejected), "chosen_loss": chosen_loss,
             "chosen_perplexity": math.exp(min(chosen_loss, 50.0)), "pairs": len(scores), "skipped": skipped,

@@ -169,16 +169,21 @@ def load_model(name: str, *, adapter: str | None = None, device: str | None = No
         check_exists(base, f"cannot load the base model {base!r} of adapter {adapter!r}")
     tokenizer = load_tokenizer_for(adapter or name, revision=revision if adapter in (None, name) else None,
                                    trust_remote_code=trust_remote_code)
-    config = load_config(base, revision=base_revision, trust_remote_code=trust_remote_code)  # the one read
-    for key, value in (config_overrides or {}).items():
-        setattr(config, key, value)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, config=config, revision=base_revision,
-                                                     trust_remote_code=trust_remote_code, use_safetensors=True)
-    except LOAD_ERRORS as err:
-        what = f"the base model {base!r} of adapter {adapter!r}" if adapter else f"model {base!r}"
-        raise ConfigError(f"cannot load {what}: {first_line(err)}; pass a run folder, a model folder or a Hub id "
-                          "(online)") from None
+    if adapter and is_adapter(base, base_revision):  # an adapter trained on an adapter run: that run, merged
+        model, _ = load_model(base, revision=base_revision, trust_remote_code=trust_remote_code, device="cpu",
+                              merge=True, config_overrides=config_overrides)
+        model.train(trainable)
+    else:
+        config = load_config(base, revision=base_revision, trust_remote_code=trust_remote_code)  # the one read
+        for key, value in (config_overrides or {}).items():
+            setattr(config, key, value)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, config=config, revision=base_revision,
+                                                         trust_remote_code=trust_remote_code, use_safetensors=True)
+        except LOAD_ERRORS as err:
+            what = f"the base model {base!r} of adapter {adapter!r}" if adapter else f"model {base!r}"
+            raise ConfigError(f"cannot load {what}: {first_line(err)}; pass a run folder, a model folder or a Hub "
+                              "id (online)") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))  # the adapter run added tokens; its rows come with it
     if adapter:

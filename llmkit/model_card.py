@@ -46,8 +46,10 @@ def build_card(path: pathlib.Path, staged: pathlib.Path, *, kind: str, exported:
     base = adapter.get("base_model_name_or_path") if kind == "adapter" else model.get("from_pretrained")
     dataset = _hub_id(data.get("source"))
     arch = model_config.get("model_type") or (model.get("arch") if kind != "adapter" else None)
+    preference = cfg.get("preference") or None
     tags = ["llmkit", "text-generation"] + [t for t in (arch, "lora" if kind == "adapter" else None,
-                                                        "custom_code" if exported == "code" else None) if t]
+                                                        "custom_code" if exported == "code" else None,
+                                                        *(("trl", "dpo") if preference else ())) if t]
     eval_results = []
     if metrics.get("eval_loss") is not None:
         source = dataset or (pathlib.Path(data.get("source", "text")).name or "text")
@@ -69,7 +71,7 @@ def build_card(path: pathlib.Path, staged: pathlib.Path, *, kind: str, exported:
     )
     body = "\n\n".join(filter(None, [
         f"# {name}",
-        _summary(kind, exported, base, data, metrics),
+        _summary(kind, exported, base, data, metrics, preference, model.get("from_pretrained")),
         _architecture(model_config, adapter, metrics),
         _training(cfg, metrics),
         _evaluation(metrics),
@@ -81,10 +83,14 @@ def build_card(path: pathlib.Path, staged: pathlib.Path, *, kind: str, exported:
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
 
 
-def _summary(kind, exported, base, data, metrics) -> str:
+def _summary(kind, exported, base, data, metrics, preference=None, start=None) -> str:
     what = {"adapter": f"A LoRA adapter for `{base}`", "tokenizer": "A tokenizer",
             "run": "A language model", "model": "A language model"}[kind]
     trained = f", trained with llmkit on `{data.get('source')}`" if data.get("source") else ""
+    if preference:  # what a preference run is, on what pairs, from which model
+        trained = (f", preference-tuned with llmkit ({preference.get('method', 'dpo')}, beta "
+                   f"{preference.get('beta')}, on TRL's DPOTrainer) on the pairs of `{data.get('source')}`, starting "
+                   f"from `{start}`")
     loads = {"gpt2": " It is a stock `GPT2LMHeadModel`: transformers loads it without llmkit.",
              "llama": " It is a stock `LlamaForCausalLM`: transformers loads it without llmkit.",
              "code": " Its modeling code is in this repo: transformers loads it with `trust_remote_code=True`."}

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-COMPANIONS = ("transformers", "peft", "datasets", "accelerate", "tokenizers", "evaluate", "huggingface_hub")
+COMPANIONS = ("transformers", "peft", "datasets", "accelerate", "tokenizers", "evaluate", "huggingface_hub", "trl")
 SUMMARY = re.compile(r"^=*\s*(?P<text>(\d+ (passed|failed|error|errors|skipped|deselected|xfailed|xpassed|warnings?)"
                      r"(, )?)+).* in [\d.]+s", re.M)
 

@@ -44,7 +44,7 @@ def test_every_preset_trains_two_steps(preset, stand_ins, tmp_path, shakespeare_
     text = preset.read_text()
     source = (raw.get("data") or {}).get("source", "builtin")
     overrides = [*FAST, f"data.cache_dir={stand_ins['root'] / 'cache'}"]
-    if source not in ("builtin", "builtin-instruct"):  # a file the user downloads: the comment says which and how
+    if source not in ("builtin", "builtin-instruct", "builtin-preference"):  # a file the user downloads: the comment says which and how
         name = pathlib.Path(source).name
         assert name in text.split("\n\n")[0] or name in "".join(line for line in text.splitlines() if line.startswith("#"))
         assert "https://" in text and "offline" in text, f"{preset.name} names a download without saying where from"

@@ -82,7 +82,7 @@ def readme_commands() -> list[tuple[str, str]]:
             commands += [("main", part.strip()) for part in line.split("&&")]
     for row in re.findall(r"^\| `(.+?)` \|", sections["Commands"], flags=re.M):
         commands.append(("main", row.replace(r"\|", "|")))
-    for title in ("Fine-tuning", "Instruction tuning and distillation", "Time to quality"):
+    for title in ("Fine-tuning", "Instruction tuning and distillation", "Preference tuning (DPO)", "Time to quality"):
         for block in _bash_blocks(sections[title]):
             for line in block.strip().splitlines():
                 commands.append(("finetune", line.split("#")[0].strip()))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
+import os
 import pathlib
 import re
 from collections.abc import Iterator
@@ -256,46 +256,38 @@ def chat_ids(tokenizer, messages: list[dict]) -> torch.Tensor:
 
 # ---- the built-in instruction set ----
 
-BUILTIN_MODULES = ("os", "os.path", "shutil", "pathlib", "json", "re", "math", "random", "statistics", "itertools",
-                   "functools", "operator", "collections", "heapq", "bisect", "copy", "string", "textwrap",
-                   "datetime", "time", "calendar", "glob", "fnmatch", "csv", "hashlib", "base64", "binascii",
-                   "zlib", "gzip", "urllib.parse", "html", "uuid", "secrets", "struct", "tempfile", "difflib",
-                   "keyword", "unicodedata", "shlex", "fractions", "decimal", "cmath", "inspect", "types", "array",
-                   "contextlib", "traceback", "warnings", "weakref", "platform", "locale", "zipfile", "tarfile",
-                   "sqlite3", "pprint", "reprlib", "codecs", "io", "sys", "builtins")
-
-
 @functools.lru_cache(maxsize=1)
 def builtin_instruct_rows() -> tuple[dict, ...]:
-    """("What does m.f do?", first sentence of f's docstring) for the public functions of BUILTIN_MODULES, in a
-    fixed order; the same on every machine with the same Python."""
-    import importlib
+    """("What does m.f do?", first sentence of f's docstring) for public functions of common standard-library
+    modules (`llmkit/data/stdlib_answers.py`), in a fixed order; the same on every machine with the same Python.
 
-    rows, seen = [], set()
-    for module_name in BUILTIN_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for name in sorted(dir(module)):
-            obj = getattr(module, name, None)
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isbuiltin(obj)):
-                continue
-            answer = _first_sentence(inspect.getdoc(obj) or "")
-            key = hashlib.sha1(f"{module_name}.{name}".encode()).hexdigest()
-            if answer and key not in seen:
-                seen.add(key)
-                rows.append({"prompt": f"What does {module_name}.{name} do?", "response": answer})
+    They are read in a fresh, isolated interpreter (`python -I`), whatever this process imported (libraries replace
+    stdlib hooks such as `sys.unraisablehook` or `warnings.showwarning`, which would change the set), and kept in
+    llmkit's cache folder, keyed by the Python build."""
+    import json
+    import subprocess
+    import sys
+
+    from . import stdlib_answers
+    from .sources import cache_root
+
+    script = pathlib.Path(stdlib_answers.__file__)
+    key = hashlib.sha256(f"{sys.version}|{sys.executable}|{script.read_bytes().hex()}".encode()).hexdigest()[:16]
+    cached = cache_root() / "builtin" / f"instruct-{key}.json"
+    try:
+        return tuple(json.loads(cached.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    proc = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise DataError(f"builtin-instruct: reading the standard library's docstrings failed: "
+                        f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    rows = json.loads(proc.stdout)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(rows), encoding="utf-8")
+        tmp.replace(cached)
+    except OSError:  # a read-only cache: read again next time
+        pass
     return tuple(rows)
-
-
-def _first_sentence(doc: str) -> str | None:
-    lines = [line for line in doc.strip().splitlines()]
-    if lines and ("(" in lines[0] and lines[0].rstrip().endswith(")") or "->" in lines[0]):
-        lines = lines[1:]  # a C function's signature line
-    text = " ".join(" ".join(lines).split())
-    match = re.match(r"(.+?[.!?])(\s|$)", text)
-    sentence = match.group(1) if match else None
-    if sentence is None or not 20 <= len(sentence) <= 200 or not sentence[0].isupper():
-        return None
-    return sentence

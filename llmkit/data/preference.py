@@ -13,9 +13,10 @@ Design choices:
   them and the summary reports how many. Pairs longer than the context are kept and truncated at the end by
   TRL's collator (counted as truncated).
 - `builtin-preference` is made offline from `builtin-instruct`: the question, its own docstring sentence as
-  `chosen`, and another function's sentence from the same module (a plausible wrong answer) as `rejected`. Its
-  validation split is the instruct set's (the same seeded rows held out), so a run tuned on it is scored on pairs
-  it never saw.
+  `chosen`, and a function of another module's sentence (fluent, plausible, about something else) as `rejected`.
+  (A neighbour in the same module was tried: which of two `os.path` sentences belongs to a function the model
+  never saw is not learnable at this size, and held-out accuracy stayed below chance.) Its validation split is the
+  instruct set's (the same seeded rows held out), so a run tuned on it is scored on pairs it never saw.
 """
 
 from __future__ import annotations
@@ -52,17 +53,18 @@ class PreferenceData:
 
 
 def builtin_preference_rows() -> tuple[dict, ...]:
-    """(question, its own answer, another function's answer from the same module) for each builtin-instruct row,
-    in the same order (so the same rows are held out)."""
+    """(question, its own answer, a function of another module's answer) for each builtin-instruct row, in the
+    same order (so the same rows are held out). The wrong answer is a real docstring sentence, fluent and of the
+    same kind, about something else: the one half the set away, moved on until its module differs."""
     from .instruct import builtin_instruct_rows
 
     rows = builtin_instruct_rows()
     module = [r["prompt"].removeprefix("What does ").rsplit(".", 1)[0] for r in rows]
-    out = []
+    n, out = len(rows), []
     for i, row in enumerate(rows):
-        j = i + 1 if i + 1 < len(rows) and module[i + 1] == module[i] else i - 1  # a neighbour in the module
-        if j < 0 or module[j] != module[i] or rows[j]["response"] == row["response"]:
-            j = (i + len(rows) // 2) % len(rows)  # a module with one function: an answer from elsewhere
+        j = (i + n // 2) % n
+        while module[j] == module[i] or rows[j]["response"] == row["response"]:
+            j = (j + 1) % n
         out.append({"prompt": row["prompt"], "chosen": row["response"], "rejected": rows[j]["response"]})
     return tuple(out)
 
@@ -125,13 +127,10 @@ def prepare_preference(cfg: Config, tokenizer, log=print) -> PreferenceData:
         nonlocal first_bad, truncated
         pair = to_pair(row, cfg)
         if isinstance(pair, dict):
-            prompt_ids = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False)
-            if len(prompt_ids) > limit:
+            if len(rendered_ids(tokenizer, pair["prompt"], prompt=True)) > limit:
                 pair = "prompt_too_long"
             else:
-                longest = max(len(tokenizer.apply_chat_template(pair["prompt"] + pair[k], tokenize=True,
-                                                                return_dict=False)) for k in ("chosen", "rejected"))
+                longest = max(len(rendered_ids(tokenizer, pair["prompt"] + pair[k])) for k in ("chosen", "rejected"))
                 truncated += longest > context
         if isinstance(pair, str):
             bad[pair] += 1
@@ -160,6 +159,13 @@ def prepare_preference(cfg: Config, tokenizer, log=print) -> PreferenceData:
             "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "max_prompt_length": limit}
     val = Dataset.from_list(splits["validation"]) if splits["validation"] else None
     return PreferenceData(tokenizer, Dataset.from_list(splits["train"]), val, meta)
+
+
+def rendered_ids(tokenizer, messages: list[dict], prompt: bool = False) -> list[int]:
+    """The token ids of `messages` rendered with the tokenizer's chat template (with the generation prompt when
+    `prompt`), counted without the tokenizer's too-long warning (the lengths are what is being checked)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def summary(data: PreferenceData) -> str:

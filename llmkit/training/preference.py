@@ -27,11 +27,15 @@ from .trainer import LlmkitTrainer
 def preference_arguments(cfg: Config, user: dict) -> dict:
     """The `DPOConfig` fields the preference section and the core decide."""
     p = cfg.preference
-    extra = {"beta": p.beta, "loss_type": [PREFERENCE_METHODS[p.method]], "label_smoothing": p.label_smoothing,
+    losses, weights = [PREFERENCE_METHODS[p.method]], [1.0]
+    if p.sft_weight:
+        losses, weights = [*losses, "sft"], [*weights, p.sft_weight]
+    extra = {"beta": p.beta, "loss_type": losses, "loss_weights": weights, "label_smoothing": p.label_smoothing,
              "max_length": cfg.block_size, "precompute_ref_log_probs": p.precompute_reference,
              "disable_dropout": True}
-    if "gradient_checkpointing" not in user:
-        extra["gradient_checkpointing"] = False  # DPOConfig's default; the core's is off (small models, CPUs)
+    if "gradient_checkpointing" not in user and "activation_checkpointing" not in user:
+        # DPOConfig defaults to checkpointing (through transformers' deprecated name, which warns); the core's is off
+        extra["activation_checkpointing"] = False
     if "include_num_input_tokens_seen" not in user:
         extra["include_num_input_tokens_seen"] = "non_padding"  # tokens/s of varying batches
     return extra
