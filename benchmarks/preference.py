@@ -13,6 +13,11 @@ with the end-of-turn token within 40 tokens). The plain TRL script loads the mer
 autocast where llmkit picks it).
 
     python benchmarks/preference.py [--base runs/quickstart] [--work runs/preference-bench]
+    python benchmarks/preference.py --memory [--run runs/gpt2form]
+
+`--memory`: peak RSS of 20 DPO steps at a size where a model copy shows (the 6/6/384 GPT-2-form run of the serving
+benchmark, 11M parameters: 45 MB a copy in fp32): full DPO with its frozen reference copy, full DPO with
+`precompute_reference` (no reference kept), and LoRA-DPO (the adapter disabled is the reference).
 """
 
 from __future__ import annotations
@@ -105,11 +110,39 @@ def measure(name: str, reference: str) -> dict:
             "answers_in_format": in_format / len(questions), "pairs": relative["pairs"]}
 
 
+def memory(run_dir: str, work: pathlib.Path) -> None:
+    from _common import gpt2_form_run
+
+    run_dir = gpt2_form_run(pathlib.Path(run_dir))
+    common = [f"model.from_pretrained={run_dir}", "data.format=preference", "data.source=builtin-preference",
+              "training.max_steps=20", "training.eval_steps=20", "training.per_device_train_batch_size=8",
+              "training.learning_rate=1e-5", "training.report_to=none", "training.disable_tqdm=true",
+              "sample.max_new_tokens=0"]
+    variants = {"full DPO, reference copy": [], "full DPO, precompute_reference": ["preference.precompute_reference=true"],
+                "LoRA-DPO (r 16, all linear)": ["lora.r=16", "lora.target_modules=all-linear", "lora.lora_alpha=32"]}
+    rows = []
+    import shutil
+
+    for name, extra in variants.items():
+        out = work / "memory" / name.split()[0].replace(",", "")
+        shutil.rmtree(out, ignore_errors=True)
+        cost = run(llmkit("train", "--output-dir", out, *common, *extra), name)
+        metrics = json.loads((out / "metrics.json").read_text())
+        rows.append({"variant": name, "peak_rss_mb": cost["peak_rss_mb"], "trainable": metrics["trainable_parameters"],
+                     "parameters": metrics["num_parameters"], "tokens_per_s": metrics["train_tokens_per_second"]})
+        shutil.rmtree(out, ignore_errors=True)
+    report("preference_memory", rows, {"run": str(run_dir), "steps": 20, "batch": 8})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory", action="store_true", help="peak memory of the reference strategies only")
+    parser.add_argument("--run", default=str(REPO / "runs" / "gpt2form"), help="--memory: the model (trained if absent)")
     parser.add_argument("--base", default=str(REPO / "runs" / "quickstart"), help="the quickstart run (trained if absent)")
     parser.add_argument("--work", default=str(REPO / "runs" / "preference-bench"))
     args = parser.parse_args()
+    if args.memory:
+        return memory(args.run, pathlib.Path(args.work))
     base = quickstart_run(pathlib.Path(args.base))
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

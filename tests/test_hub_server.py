@@ -281,6 +281,7 @@ def test_huggingface_hub_default_xet_client_with_regular_uploads(tmp_path: Path,
     assert not any("xet" in r[1] or "/info/lfs/" in r[1] for r in requests)
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes (it measured 15 min 57 s)
 def test_transformers_push_to_hub_and_from_pretrained(tmp_path: Path) -> None:
     """A tiny GPT-2 pushed with push_to_hub comes back equal with from_pretrained in a fresh process."""
     with HubServer(TOKENS) as server:

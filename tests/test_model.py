@@ -289,6 +289,7 @@ def test_bf16_autocast_forward_and_backward_match_fp32(variant):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes (it measured 15 min 57 s)
 def test_rotary_model_compiles_fullgraph_to_the_eager_result():
     """One graph (the model claims `_can_compile_fullgraph`), the eager numbers, no fallback warnings."""
     import warnings
