@@ -15,9 +15,10 @@ autocast where llmkit picks it).
     python benchmarks/preference.py [--base runs/quickstart] [--work runs/preference-bench]
     python benchmarks/preference.py --memory [--run runs/gpt2form]
 
-`--memory`: peak RSS of 20 DPO steps at a size where a model copy shows (the 6/6/384 GPT-2-form run of the serving
-benchmark, 11M parameters: 45 MB a copy in fp32): full DPO with its frozen reference copy, full DPO with
-`precompute_reference` (no reference kept), and LoRA-DPO (the adapter disabled is the reference).
+`--memory`: peak RSS of 5 DPO steps (batch 4) at a size where a model copy shows: GPT-2 small's shape (12 layers,
+768 wide, 256 context, the built-in 2,048-token BPE; about 90M parameters, 360 MB a copy in fp32), one pretraining
+step from scratch (the weights' values do not matter for memory): full DPO with its frozen reference copy, full
+DPO with `precompute_reference` (no reference kept), and LoRA-DPO (the adapter disabled is the reference).
 """
 
 from __future__ import annotations
@@ -87,9 +88,6 @@ def held_out_questions(n: int = 40) -> list[str]:
 
 
 def measure(name: str, reference: str) -> dict:
-    import torch
-
-    from llmkit.data.instruct import chat_ids
     from llmkit.evaluate import evaluate_preferences
     from llmkit.loading import load_model
 
@@ -97,25 +95,37 @@ def measure(name: str, reference: str) -> dict:
     ref = load_model(reference, device="cpu")
     relative = evaluate_preferences(model, tokenizer, "builtin-preference", reference=ref, **PAIRS)
     absolute = evaluate_preferences(model, tokenizer, "builtin-preference", **PAIRS)
-    in_format = 0
-    questions = held_out_questions()
+    return {"accuracy_vs_instruct": relative["accuracy"], "margin_vs_instruct": relative["margin"],
+            "accuracy_no_reference": absolute["accuracy"], "chosen_answer_loss": absolute["chosen_loss"],
+            "answers_in_format": answers_in_format(model, tokenizer), "pairs": relative["pairs"]}
+
+
+def answers_in_format(model, tokenizer, n: int = 40) -> float:
+    """The share of greedy chat answers to `n` held-out questions that end with the end-of-turn token within 40."""
+    import torch
+
+    from llmkit.data.instruct import chat_ids
+
+    in_format, questions = 0, held_out_questions(n)
     with torch.no_grad():
         for question in questions:
             ids = chat_ids(tokenizer, [{"role": "user", "content": question}])
             new = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
             in_format += bool(len(new)) and int(new[-1]) == tokenizer.eos_token_id
-    return {"accuracy_vs_instruct": relative["accuracy"], "margin_vs_instruct": relative["margin"],
-            "accuracy_no_reference": absolute["accuracy"], "chosen_answer_loss": absolute["chosen_loss"],
-            "answers_in_format": in_format / len(questions), "pairs": relative["pairs"]}
+    return in_format / len(questions)
 
 
 def memory(run_dir: str, work: pathlib.Path) -> None:
-    from _common import gpt2_form_run
-
-    run_dir = gpt2_form_run(pathlib.Path(run_dir))
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        run(llmkit("train", REPO / "configs/quickstart.yaml", "--output-dir", run_dir, "model.n_layer=12",
+                   "model.n_head=12", "model.n_embd=768", "model.n_positions=256", "training.max_steps=1",
+                   "training.eval_steps=1", "training.report_to=none", "sample.max_new_tokens=0",
+                   "training.optimizer=adamw"), "the GPT-2-small-shaped run")
     common = [f"model.from_pretrained={run_dir}", "data.format=preference", "data.source=builtin-preference",
-              "training.max_steps=20", "training.eval_steps=20", "training.per_device_train_batch_size=8",
+              "training.max_steps=5", "training.eval_steps=5", "training.per_device_train_batch_size=4",
+              "training.per_device_eval_batch_size=4", "data.val_ratio=0.02",
               "training.learning_rate=1e-5", "training.report_to=none", "training.disable_tqdm=true",
               "sample.max_new_tokens=0"]
     variants = {"full DPO, reference copy": [], "full DPO, precompute_reference": ["preference.precompute_reference=true"],
@@ -131,13 +141,14 @@ def memory(run_dir: str, work: pathlib.Path) -> None:
         rows.append({"variant": name, "peak_rss_mb": cost["peak_rss_mb"], "trainable": metrics["trainable_parameters"],
                      "parameters": metrics["num_parameters"], "tokens_per_s": metrics["train_tokens_per_second"]})
         shutil.rmtree(out, ignore_errors=True)
-    report("preference_memory", rows, {"run": str(run_dir), "steps": 20, "batch": 8})
+    report("preference_memory", rows, {"run": str(run_dir), "steps": 5, "batch": 4})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", action="store_true", help="peak memory of the reference strategies only")
-    parser.add_argument("--run", default=str(REPO / "runs" / "gpt2form"), help="--memory: the model (trained if absent)")
+    parser.add_argument("--run", default=str(REPO / "runs" / "gpt2-small-shape"),
+                        help="--memory: the model (made with one step if absent)")
     parser.add_argument("--base", default=str(REPO / "runs" / "quickstart"), help="the quickstart run (trained if absent)")
     parser.add_argument("--work", default=str(REPO / "runs" / "preference-bench"))
     args = parser.parse_args()

@@ -22,7 +22,7 @@ import pathlib
 import shutil
 
 from _common import REPO, quickstart_run, report
-from preference import held_out_questions, run
+from preference import answers_in_format, held_out_questions, run
 
 PLAIN_TRL = '''
 import json, sys, time
@@ -54,9 +54,6 @@ json.dump({"train_runtime": result.metrics["train_runtime"], "tokens": trainer.s
 
 
 def answers(run_dir: str) -> dict:
-    import torch
-
-    from llmkit.data.instruct import chat_ids
     from llmkit.evaluate import evaluate_answers
     from llmkit.loading import load_model
 
@@ -68,15 +65,7 @@ def answers(run_dir: str) -> dict:
     path = pathlib.Path(run_dir) / "held-out.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in builtin_instruct_rows() if r["prompt"] in wanted))
     loss = evaluate_answers(model, tokenizer, str(path))["loss"]
-    in_format = 0
-    questions = held_out_questions()
-    with torch.no_grad():
-        for question in questions:
-            ids = chat_ids(tokenizer, [{"role": "user", "content": question}])
-            new = model.generate(ids, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
-            in_format += bool(len(new)) and int(new[-1]) == tokenizer.eos_token_id
-    return {"answer_loss": loss, "answers_in_format": in_format / len(questions)}
+    return {"answer_loss": loss, "answers_in_format": answers_in_format(model, tokenizer)}
 
 
 def main():

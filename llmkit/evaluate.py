@@ -67,9 +67,6 @@ def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fi
     own chat template exactly as `data.format: instruct` trains (prompt tokens are context, not scored)."""
     import math
 
-    import torch
-    from torch.nn import functional as F
-
     from .config import ConfigError, load_config
     from .data.instruct import encode, read_rows, to_messages
 
@@ -82,23 +79,8 @@ def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fi
     for index, row in read_rows(source, cfg):
         ids, labels = encode(to_messages(row, index, source, cfg), tokenizer)
         examples.append((ids[:context], labels[:context]))
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            group = examples[start : start + batch_size]
-            width = max(len(ids) for ids, _ in group)
-            ids = torch.full((len(group), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-            labels = torch.full((len(group), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, (i, lab) in enumerate(group):
-                ids[row, : len(i)], labels[row, : len(lab)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            targets = labels[:, 1:].to(device)
-            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            count += int((targets != -100).sum())
+    scored = scored_logps(model, tokenizer, examples, batch_size)
+    total, count = -sum(lp for lp, _ in scored), sum(n for _, n in scored)
     if count == 0:
         raise ParameterError("data", f" {source}: no answer tokens to score")
     loss = total / count
@@ -106,8 +88,10 @@ def evaluate_answers(model, tokenizer, source: str, *, batch_size: int = 8, **fi
             "tokens": count, "examples": len(examples)}
 
 
-def answer_logps(model, tokenizer, pairs: list[tuple[list[int], int]], batch_size: int = 8):
-    """(summed log-probability of the answer, its token count) of each (ids, answer start) sequence."""
+def scored_logps(model, tokenizer, examples: list[tuple[list[int], list[int]]], batch_size: int = 8):
+    """(summed log-probability of the scored tokens, their count) of each (ids, labels) example: labels are -100
+    on context tokens and the token ids on scored ones (aligned with the ids; the model predicts each from the
+    ones before). Batched with right padding under an attention mask."""
     import torch
     from torch.nn import functional as F
 
@@ -115,15 +99,15 @@ def answer_logps(model, tokenizer, pairs: list[tuple[list[int], int]], batch_siz
     out = []
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            group = pairs[start : start + batch_size]
+        for start in range(0, len(examples), batch_size):
+            group = examples[start : start + batch_size]
             width = max(len(ids) for ids, _ in group)
             ids = torch.full((len(group), width), tokenizer.pad_token_id or 0, dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)
             labels = torch.full((len(group), width), -100, dtype=torch.long)
-            for row, (seq, begin) in enumerate(group):
-                ids[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
-                labels[row, begin : len(seq)] = torch.tensor(seq[begin:])
+            for row, (seq, lab) in enumerate(group):
+                ids[row, : len(seq)], labels[row, : len(lab)], mask[row, : len(seq)] = (torch.tensor(seq),
+                                                                                       torch.tensor(lab), 1)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             targets = labels[:, 1:].to(device)
             logp = -F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
@@ -158,11 +142,13 @@ def evaluate_preferences(model, tokenizer, source: str, *, batch_size: int = 8, 
         for key in ("chosen", "rejected"):
             ids = rendered_ids(tokenizer, pair["prompt"] + pair[key])
             begin = next((i for i, (a, b) in enumerate(zip(prompt, ids)) if a != b), min(len(prompt), len(ids)))
-            sequences.append((ids[:context], min(begin, context - 1)))
+            ids = ids[:context]
+            begin = min(begin, context - 1)
+            sequences.append((ids, [-100] * begin + ids[begin:]))
     if not sequences:
         raise ParameterError("data", f" {source}: no usable prompt/chosen/rejected rows to score")
-    ours = answer_logps(model, tokenizer, sequences, batch_size)
-    theirs = answer_logps(reference[0], reference[1], sequences, batch_size) if reference is not None else None
+    ours = scored_logps(model, tokenizer, sequences, batch_size)
+    theirs = scored_logps(reference[0], reference[1], sequences, batch_size) if reference is not None else None
     chosen, rejected = ours[0::2], ours[1::2]
     scores = [c[0] - r[0] for c, r in zip(chosen, rejected)]
     if theirs is not None:
