@@ -308,15 +308,18 @@ def test_the_chat_page_streams_an_answer_keeps_the_conversation_and_stops(server
             assert browser.find_element(By.ID, name).is_displayed()
         browser.find_element(By.ID, "temperature").clear()
         browser.find_element(By.ID, "temperature").send_keys("0")
+        browser.find_element(By.ID, "max_tokens").send_keys("40")  # the length generate_greedy is given below (and
+        # room left in the 128-token context for the second turn, which sends this answer back)
         browser.find_element(By.ID, "input").send_keys("What does os.path.join do?")
         browser.find_element(By.ID, "send").click()
         answer = wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".assistant")
                                             if e.get_attribute("data-state") == "done"), None))
-        expected = generate_greedy(runs["instruct"], "What does os.path.join do?", 100, chat=True)
+        expected = generate_greedy(runs["instruct"], "What does os.path.join do?", 40, chat=True)
         assert answer.text.strip() == expected.strip() and answer.text.strip()
         browser.save_screenshot(str(tmp_path / "chat.png"))
         assert (tmp_path / "chat.png").stat().st_size > 5000
-        # the conversation is kept: the second request sends both turns
+        # the conversation is kept: the second request sends both turns (to the context's end, its default)
+        browser.find_element(By.ID, "max_tokens").clear()
         browser.find_element(By.ID, "input").send_keys("And os.path.split?")
         browser.find_element(By.ID, "send").click()
         wait.until(lambda b: len([e for e in b.find_elements(By.CSS_SELECTOR, ".assistant")
