@@ -119,19 +119,19 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--clients", default="1,4,8")
     args = parser.parse_args()
-    if shutil.which("transformers") is None and not (pathlib.Path(sys.executable).parent / "transformers").exists():
-        raise SystemExit("transformers' CLI is not installed beside this interpreter")
+    tf_cli = pathlib.Path(sys.executable).parent / "transformers"  # the CLI of the transformers llmkit runs on
+    if not tf_cli.exists():
+        raise SystemExit(f"transformers' CLI is not installed beside this interpreter ({tf_cli})")
     run = gpt2_form_run(pathlib.Path(args.run))
     work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-serve-bench-"))
     export = work / "gpt2-export"
     subprocess.run([sys.executable, "-m", "llmkit.cli", "export", str(run), str(export), "--to", "gpt2"], check=True,
                    env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL)
     ports = {"llmkit serve (run)": free_port(), "transformers serve (GPT-2 export)": free_port()}
-    tf_cli = str(pathlib.Path(sys.executable).parent / "transformers")
     commands = {
         "llmkit serve (run)": [sys.executable, "-m", "llmkit.cli", "serve", str(run), "--port",
                                str(ports["llmkit serve (run)"])],
-        "transformers serve (GPT-2 export)": [tf_cli if os.path.exists(tf_cli) else "transformers", "serve",
+        "transformers serve (GPT-2 export)": [str(tf_cli), "serve",
                                               str(export), "--device", "cpu", "--host", "127.0.0.1",
                                               "--port", str(ports["transformers serve (GPT-2 export)"])],
     }

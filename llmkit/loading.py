@@ -172,7 +172,6 @@ def load_model(name: str, *, adapter: str | None = None, device: str | None = No
     if adapter and is_adapter(base, base_revision):  # an adapter trained on an adapter run: that run, merged
         model, _ = load_model(base, revision=base_revision, trust_remote_code=trust_remote_code, device="cpu",
                               merge=True, config_overrides=config_overrides)
-        model.train(trainable)
     else:
         config = load_config(base, revision=base_revision, trust_remote_code=trust_remote_code)  # the one read
         for key, value in (config_overrides or {}).items():
@@ -189,8 +188,8 @@ def load_model(name: str, *, adapter: str | None = None, device: str | None = No
     if adapter:
         model = apply_adapter(model, adapter, base=base, trainable=trainable)
         _adapter_generation_config(model, adapter)
-        if merge:
-            model = model.merge_and_unload()
+        if merge:  # a plain model, as from_pretrained gives one: peft's frozen flags on the base weights go
+            model = model.merge_and_unload().requires_grad_(True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     _check_device(device)
     model = model.to(device)
@@ -263,7 +262,7 @@ def model_from_config(m, tokenizer):
             overrides = dict.fromkeys(names, m.dropout)
         model, _ = load_model(m.from_pretrained, revision=m.revision, trust_remote_code=m.trust_remote_code,
                               device="cpu", merge=True, config_overrides=overrides)
-        model.train().requires_grad_(True)  # an adapter run merged into its base keeps peft's frozen base weights
+        model.train()
         if m.arch != model.config.model_type:
             model = convert_for_training(model, m.arch)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:

@@ -21,8 +21,6 @@ Design choices:
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import pathlib
 import re
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import Config, ConfigError, first_line
-from .sources import DataError, in_validation, quiet_datasets
+from .sources import DataError, quiet_datasets, row_split
 
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -197,9 +195,7 @@ def prepare_instruct(cfg: Config, tokenizer_for, log=print) -> InstructData:
         raise ConfigError(f"data.overlong={d.overlong!r} is unknown; use truncate or drop")
     splits: dict[str, list[list[dict]]] = {"train": [], "validation": []}
     for index, row in read_rows(d.source, cfg):
-        split = "train" if d.val_source or d.val_ratio == 0 else (
-            "validation" if in_validation(index, d.val_ratio, d.seed) else "train")
-        splits[split].append(to_messages(row, index, d.source, cfg))
+        splits[row_split(index, d)].append(to_messages(row, index, d.source, cfg))
     if d.val_source:
         for index, row in read_rows(d.val_source, cfg):
             splits["validation"].append(to_messages(row, index, d.val_source, cfg))
@@ -269,25 +265,15 @@ def builtin_instruct_rows() -> tuple[dict, ...]:
     import sys
 
     from . import stdlib_answers
-    from .sources import cache_root
+    from .sources import cached_builtin
 
     script = pathlib.Path(stdlib_answers.__file__)
-    key = hashlib.sha256(f"{sys.version}|{sys.executable}|{script.read_bytes().hex()}".encode()).hexdigest()[:16]
-    cached = cache_root() / "builtin" / f"instruct-{key}.json"
-    try:
-        return tuple(json.loads(cached.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        pass
-    proc = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        raise DataError(f"builtin-instruct: reading the standard library's docstrings failed: "
-                        f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    rows = json.loads(proc.stdout)
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(rows), encoding="utf-8")
-        tmp.replace(cached)
-    except OSError:  # a read-only cache: read again next time
-        pass
-    return tuple(rows)
+
+    def read() -> list[dict]:
+        proc = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise DataError(f"builtin-instruct: reading the standard library's docstrings failed: "
+                            f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        return json.loads(proc.stdout)
+
+    return cached_builtin("instruct", f"{sys.version}|{sys.executable}|{script.read_bytes().hex()}", read)

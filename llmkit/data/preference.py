@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import Config, ConfigError
-from .sources import DataError, in_validation
+from .sources import DataError, row_split
 
 BUILTIN = "builtin-preference"
 REASONS = {"missing": "a missing or empty field", "same": "chosen equals rejected",
@@ -139,9 +139,7 @@ def prepare_preference(cfg: Config, tokenizer, log=print) -> PreferenceData:
         splits[split].append(pair)
 
     for index, row in read_pairs(d.source, cfg):
-        split = "train" if d.val_source or d.val_ratio == 0 else (
-            "validation" if in_validation(index, d.val_ratio, d.seed) else "train")
-        add(split, index, row, d.source)
+        add(row_split(index, d), index, row, d.source)
     if d.val_source:
         for index, row in read_pairs(d.val_source, cfg):
             add("validation", index, row, d.val_source)

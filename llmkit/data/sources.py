@@ -61,12 +61,10 @@ def builtin_documents() -> tuple[str, ...]:
     read with `ast` from the installed sources, never imported. Parsing takes ~10 s, so the result is kept
     in the cache folder, keyed by the Python build and the standard library's location."""
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    key = hashlib.sha256(f"{sys.version}|{stdlib}|{BUILTIN_VERSION}".encode()).hexdigest()[:16]
-    cached = cache_root() / "builtin" / f"corpus-{key}.json"
-    try:
-        return tuple(json.loads(cached.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        pass
+    return cached_builtin("corpus", f"{sys.version}|{stdlib}|{BUILTIN_VERSION}", lambda: _parse_stdlib(stdlib))
+
+
+def _parse_stdlib(stdlib: pathlib.Path) -> list[str]:
     from pydoc_data.topics import topics
 
     docs = [topics[name].strip() + "\n" for name in sorted(topics)]
@@ -86,14 +84,27 @@ def builtin_documents() -> tuple[str, ...]:
         strings = [d for d in strings if d and len(d) >= 40]  # one-liners like "Return self." add nothing
         if strings:
             docs.append("\n\n".join(strings) + "\n")
-    try:  # written whole then renamed, so a reader never sees half a file
+    return docs
+
+
+def cached_builtin(name: str, key: str, build) -> tuple:
+    """A built-in set kept as JSON in the cache folder under `name` and a hash of `key` (what it depends on):
+    read if there, else `build()` and written (whole, then renamed, so a reader never sees half a file)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cached = cache_root() / "builtin" / f"{name}-{digest}.json"
+    try:
+        return tuple(json.loads(cached.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    items = build()
+    try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        tmp.write_text(json.dumps(items), encoding="utf-8")
         os.replace(tmp, cached)
     except OSError:
-        pass  # a read-only cache only costs the parse next time
-    return tuple(docs)
+        pass  # a read-only cache only costs the work next time
+    return tuple(items)
 
 
 def resolve_files(source: str) -> list[pathlib.Path]:
@@ -328,6 +339,14 @@ def _safe_cut(doc: str, at: int, n: int) -> int | None:
             if pos > 1 and doc[pos - 1] == "\r" and not doc[pos - 2].isspace():
                 return pos
         pos += 1
+
+
+def row_split(index: int, d) -> str:
+    """"train" or "validation" for row `index` of a table source under the data settings `d`: all training when a
+    validation source is given or the ratio is 0, else the seeded assignment of `in_validation`."""
+    if d.val_source or d.val_ratio == 0:
+        return "train"
+    return "validation" if in_validation(index, d.val_ratio, d.seed) else "train"
 
 
 def in_validation(index: int, ratio: float, seed: int) -> bool:

@@ -19,6 +19,7 @@ Design choices:
 from __future__ import annotations
 
 import copy
+import functools
 
 from ..config import PREFERENCE_METHODS, Config, ConfigError
 from .trainer import LlmkitTrainer
@@ -58,25 +59,14 @@ def reference_model(cfg: Config, model, tokenizer):
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
-def _dpo_trainer():
+@functools.cache
+def preference_trainer_class():
+    """The trainer class, made on first use (TRL is imported only by preference runs)."""
     from trl import DPOTrainer
 
     class PreferenceTrainer(LlmkitTrainer, DPOTrainer):
-        perplexity_in_logs = False  # the evaluation loss is the preference loss, not a language-model loss
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._fused_loss = False  # TRL's fused LM head scores the answers
+        # TRL's loss is the preference loss (scored by its own fused LM head): no llmkit-gpt fused loss, and no
+        # perplexity of it in the logs
+        language_model_loss = False
 
     return PreferenceTrainer
-
-
-def preference_trainer_class():
-    """The trainer class (made on first use: TRL is imported only by preference runs)."""
-    global _TRAINER
-    if _TRAINER is None:
-        _TRAINER = _dpo_trainer()
-    return _TRAINER
-
-
-_TRAINER = None

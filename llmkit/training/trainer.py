@@ -16,7 +16,7 @@ from .guards import grads_finite, nonfinite_error
 class LlmkitTrainer(Trainer):
     """Trainer with llmkit's weight-decay rule and extra evaluation metrics in every log."""
 
-    perplexity_in_logs = True  # eval_loss is a language-model loss (not for preference runs)
+    language_model_loss = True  # the loss is the model's next-token loss: fused for llmkit-gpt, perplexity in logs
 
     def __init__(self, *args, tokens_per_char: float | None = None, on_nonfinite: str = "stop", **kwargs):
         super().__init__(*args, **kwargs)
@@ -27,7 +27,8 @@ class LlmkitTrainer(Trainer):
         self._non_embedding_parameters: int | None = None
         self._grad_norm = None
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        self._fused_loss = getattr(getattr(base, "config", None), "model_type", None) == "llmkit-gpt"
+        self._fused_loss = self.language_model_loss and getattr(getattr(base, "config", None), "model_type",
+                                                                None) == "llmkit-gpt"
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The Trainer's loss; a training step of llmkit-gpt asks for its chunked fused loss (no logits made)."""
@@ -105,7 +106,7 @@ class LlmkitTrainer(Trainer):
         super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "eval_loss" in logs and self.perplexity_in_logs:
+        if "eval_loss" in logs and self.language_model_loss:
             logs.update(perplexity_metrics(logs["eval_loss"], self.tokens_per_char, prefix="eval_"))
         super().log(logs, *args, **kwargs)
 
