@@ -1,4 +1,4 @@
-"""The `llmkit` command: prepare, train, generate, evaluate, merge, export, push, pull.
+"""The `llmkit` command: prepare, train, generate, evaluate, merge, export, push, pull, serve, report, sweep.
 
 Every error ends as one line on stderr (`llmkit: error: ...`): exit code 2 for bad input, 1 for a fault of the
 environment (the Hub down or answering 5xx, a full disk, a lost process; see llmkit/errors.py), 130 for Ctrl-C.
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "conversation is kept")
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, mps (default: cuda if any)")
     p.add_argument("--json", action="store_true", help="print the samples as JSON")
+    p.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", default=None,
+                   help="a generation sweep: every combination of these settings (temperature, top_k, top_p, "
+                        "repetition_penalty, max_new_tokens, seed), each sample with its settings, seed and "
+                        "checkpoint written to --output (JSONL) and an HTML page beside it")
+    p.add_argument("--output", default=None, help="--sweep: the JSONL file (default: generation-sweep.jsonl)")
 
     p = sub.add_parser("evaluate", help="loss, perplexity and bits per char/byte of models on a data source")
     p.add_argument("models", nargs="+", help="run folders, adapter runs or Hub ids (several print a comparison table)")
@@ -138,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="a new folder for the files (default: the Hub cache)")
     p.add_argument("--revision", help="branch, tag or commit")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+
+    p = sub.add_parser("report", help="one self-contained HTML page comparing runs: curves, metrics, configs, "
+                                      "samples")
+    p.add_argument("runs", nargs="+", help="run folders (a sweep's points too)")
+    p.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
+    p.add_argument("--title", default=None)
+
+    p = sub.add_parser("sweep", help="train the cross product of config values (and seeds) as separate runs")
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a dotted config key and its values (repeatable: the cross product is swept)")
+    p.add_argument("--seeds", type=_positive_int, default=None, help="each point with training.seed 0..N-1")
+    p.add_argument("--out", default="runs/sweep", help="the sweep's folder: one run folder per point, sweep.csv, "
+                                                      "sweep.json, sweep.html (default: runs/sweep)")
+    p.add_argument("--parallel", type=_positive_int, default=1, help="points trained at once (default 1)")
+    p.add_argument("--fit", choices=("power-law",), default=None,
+                   help="fit the final validation loss: L = E + A / x^alpha, with a 95%% interval from the seeds")
+    p.add_argument("--fit-x", choices=("params", "compute"), default="params",
+                   help="--fit's x: non-embedding parameters (default) or training FLOPs")
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (transformers' serving code)")
     p.add_argument("model", help="run folder, adapter run, exported folder or Hub id")
@@ -239,10 +263,23 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
+    from .report import ReportCallback, write_report
     from .training import run_folder, train
 
     cfg = load_config(args.config, args.overrides)
-    train(cfg, output_dir=args.output_dir, resume=args.resume)
+    out = run_folder(cfg, args.output_dir)
+    keeper = ReportCallback(out)
+    try:
+        train(cfg, output_dir=args.output_dir, resume=args.resume, callbacks=[keeper])
+    except BaseException:  # stopped (a signal, a fault): the page it kept said "training"; it now says where
+        if keeper.written:
+            import contextlib
+
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                write_report([out], out / "report.html")
+        raise
+    if _main_process():  # the main process of a launch writes the run folder
+        write_report([out], out / "report.html")
     if cfg.training.get("push_to_hub"):
         from .hub import push_finished_run
 
@@ -250,11 +287,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def cmd_generate(args) -> int:
     from .config import decode_escapes
     from .loading import load_model
     from .models.generation import generate_texts
 
+    if args.output and not args.sweep:
+        from .errors import ConfigError
+
+        raise ConfigError("--output is for --sweep's samples; use --json to print samples as JSON")
     model, tokenizer = load_model(args.model, adapter=args.adapter, device=args.device)
     args.stop = [decode_escapes(s) for s in args.stop] if args.stop else None
     if args.prompt is not None:
@@ -291,6 +338,24 @@ def cmd_generate(args) -> int:
         else:
             print()
 
+    if args.sweep:
+        from .sweep import generation_sweep
+
+        if args.interactive:
+            from .errors import ConfigError
+
+            raise ConfigError("--sweep runs a fixed set of prompts; leave out --interactive")
+        prompt = _read_prompt(args)
+        base = {k: v for k, v in settings.items()}
+        out = args.output or "generation-sweep.jsonl"
+        rows = generation_sweep(model, tokenizer, args.model, [prompt], args.sweep, base=base, out=out,
+                                log=print if args.json else lambda line: None)
+        if not args.json:
+            for row in rows:
+                shown = ", ".join(f"{k}={row['settings'][k]}" for k in sorted(row["settings"]))
+                print(f"--- {shown}\n{row['text'] if args.chat else row['prompt'] + row['text']}")
+        print(f"wrote {len(rows)} samples to {out} and {out.removesuffix('.jsonl')}.html", file=sys.stderr)
+        return 0
     if args.interactive:
         terminal = sys.stdin.isatty()
         if terminal:
@@ -304,22 +369,25 @@ def cmd_generate(args) -> int:
                 break
             run(prompt)
         return 0
+    run(_read_prompt(args))
+    return 0
+
+
+def _read_prompt(args) -> str:
+    """--prompt, --prompt-file, or stdin when piped; else empty."""
     if args.prompt is not None:
-        prompt = args.prompt
-    elif args.prompt_file:
+        return args.prompt
+    if args.prompt_file:
         try:
             with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
+                return f.read()
         except (OSError, UnicodeDecodeError) as err:
             from .config import ConfigError
 
             raise ConfigError(f"--prompt-file {args.prompt_file}: {err}") from None
-    elif not sys.stdin.isatty():
-        prompt = sys.stdin.read()
-    else:
-        prompt = ""
-    run(prompt)
-    return 0
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    return ""
 
 
 def cmd_evaluate(args) -> int:
@@ -389,6 +457,39 @@ def cmd_pull(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.runs, args.output, title=args.title)
+    print(f"wrote {out} ({len(args.runs)} run{'s' if len(args.runs) > 1 else ''})")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    result = run_sweep(args.config, args.overrides, args.grid, seeds=args.seeds, out=args.out,
+                       parallel=args.parallel, fit=args.fit, fit_x=args.fit_x,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    rows = result["points"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    keys = [*result["grid"], "seed"]
+    for r in rows:
+        loss = f"{r['eval_loss']:.4f}" if r["eval_loss"] is not None else "-"
+        print(" ".join(f"{k.rsplit('.', 1)[-1]}={r[k]}" for k in keys if r[k] is not None)
+              + f"  {r['status']}  val loss {loss}" + (f"  ({r['error']})" if r["error"] else ""))
+    fit = result.get("fit")
+    if fit and fit.get("alpha") is not None:
+        ci = fit.get("alpha_ci95")
+        print(f"power law ({fit['x']}): L = {fit['E']:.4f} + {fit['A']:.4g} / x^{fit['alpha']:.4f}"
+              + (f", alpha 95% interval [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+              + (f" ({fit['note']})" if fit.get("note") else ""))
+    elif fit:
+        print(f"power law: {fit['note']}")
+    print(f"wrote {args.out}/sweep.csv, sweep.json and sweep.html")
+    return 1 if failed else 0
+
+
 def cmd_serve(args) -> int:
     from .serve import serve
 
@@ -430,7 +531,8 @@ def _as_config_error(err: Exception):
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "generate": cmd_generate, "evaluate": cmd_evaluate,
-            "merge": cmd_merge, "export": cmd_export, "push": cmd_push, "pull": cmd_pull, "serve": cmd_serve}
+            "merge": cmd_merge, "export": cmd_export, "push": cmd_push, "pull": cmd_pull, "serve": cmd_serve,
+            "report": cmd_report, "sweep": cmd_sweep}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,7 +33,7 @@ from .errors import OneLineError, ParameterError, first_line
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "chat_template.jinja")
-RUN_FILES = ("config.yaml", "metrics.json", "log_history.json", "loss_curve.png", "samples.jsonl",
+RUN_FILES = ("config.yaml", "metrics.json", "log_history.json", "loss_curve.png", "report.html", "samples.jsonl",
              "generation_config.json")
 CHECKPOINT_FILES = ("*.safetensors", "*.json")  # weights and trainer state; optimizer states only when asked
 OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")

@@ -1,5 +1,5 @@
 """The model card of a pushed folder: `huggingface_hub.ModelCard` with `ModelCardData` metadata, and a body built
-from what the run folder holds (config.yaml, metrics.json, samples.jsonl, loss_curve.png, config.json).
+from what the run folder holds (config.yaml, metrics.json, samples.jsonl, loss_curve.png, report.html, config.json).
 
 The metadata is what the Hub indexes: library, `pipeline_tag: text-generation`, tags, license, `base_model` for
 fine-tunes and adapters (when it is a Hub repo), `datasets` (when the data was a Hub dataset), and the evaluation
@@ -75,12 +75,24 @@ def build_card(path: pathlib.Path, staged: pathlib.Path, *, kind: str, exported:
         _architecture(model_config, adapter, metrics),
         _training(cfg, metrics),
         _evaluation(metrics),
-        "## Loss curve\n\n![loss curve](loss_curve.png)" if (staged / "loss_curve.png").exists() else None,
+        _curves(staged),
         _samples(path),
         _usage(name, kind, exported, base),
         _reproduce(cfg, path),
     ]))
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
+
+
+def _curves(staged: pathlib.Path) -> str | None:
+    """The loss curve, and a link to the run's report (every curve against steps, tokens, time and FLOPs, the
+    metrics, config and samples: `llmkit report`), the same page the run folder holds."""
+    parts = []
+    if (staged / "loss_curve.png").exists():
+        parts.append("![loss curve](loss_curve.png)")
+    if (staged / "report.html").exists():
+        parts.append("The run's full report (curves against steps, tokens, wall time and FLOPs; metrics; config; "
+                     "samples by step) is [report.html](report.html): download it and open it in a browser, offline.")
+    return "## Loss curve\n\n" + "\n\n".join(parts) if parts else None
 
 
 def _summary(kind, exported, base, data, metrics, preference=None, start=None) -> str:

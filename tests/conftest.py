@@ -196,3 +196,25 @@ def assert_resumed_like_uninterrupted(run: dict, max_steps: int = 60, logging_st
         logged_steps(h_ref, "eval_loss", resumed_at), rel=1e-5)
     assert logged_steps(h_res, "learning_rate", resumed_at) == pytest.approx(
         logged_steps(h_ref, "learning_rate", resumed_at))
+
+
+def chromium():
+    """Debian's chromium and chromedriver (apt-get install chromium chromium-driver), driven by selenium; never a
+    browser downloaded at run time."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
+                    "chromium-driver; .ci/run installs them as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1100,800"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)

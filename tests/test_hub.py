@@ -280,8 +280,9 @@ def test_training_push_to_hub_pushes_the_complete_run_folder(hub, shakespeare_he
                      f"training.hub_token={SECRET}", "--output-dir", out, env=env))
     files = set(_repo_files(hub, "alice/pushed-by-train"))
     local = {p.name for p in out.iterdir() if p.is_file()} - {"README.md"}
-    assert {"metrics.json", "log_history.json", "loss_curve.png", "samples.jsonl", "config.yaml"} <= files
+    assert {"metrics.json", "log_history.json", "loss_curve.png", "report.html", "samples.jsonl", "config.yaml"} <= files
     assert local - files <= {"training_args.bin", ".llmkit-lock"} and "README.md" in files  # the lock stays local
+    assert "[report.html](report.html)" in hub.get_file("alice/pushed-by-train", "README.md").decode()
     assert "pushed " in proc.stdout
     for text in (proc.stdout, proc.stderr, *(p.read_bytes().decode("latin-1") for p in out.rglob("*") if p.is_file())):
         assert SECRET not in text

@@ -289,3 +289,20 @@ def test_the_cli_refuses_reference_without_the_preference_format(instruct_run):
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "add --format preference" in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
+
+
+def test_the_report_of_an_instruct_and_a_dpo_run_shows_each_kinds_own_metrics(full_dpo, instruct_run, tmp_path):
+    import re
+
+    from llmkit.report import write_report
+
+    run, metrics = full_dpo
+    page = write_report([instruct_run, run], tmp_path / "r.html").read_text()
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1).replace("<\\/", "</"))
+    plot = next(p for p in data["plots"] if p["id"] == "reward_accuracy")
+    val = next(s for s in plot["series"] if s["name"] == "dpo val")["points"]["step"]
+    history = read_json(run / "log_history.json")
+    assert [p[1] for p in val] == pytest.approx([h["eval_rewards/accuracies"] for h in history
+                                                 if "eval_rewards/accuracies" in h])
+    assert 'data-key="eval_rewards/accuracies"' in page and "preference tuning (dpo)" in page
+    assert "instruction tuning" in page

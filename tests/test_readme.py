@@ -161,7 +161,10 @@ def substitute(argv: list[str]) -> list[str]:
 
 
 def shrink_train(argv: list[str]) -> list[str]:
-    """A training command, made small: its preset's tokenizer and data, a shrunk model, four steps."""
+    """A training command, made small: its preset's tokenizer and data, a shrunk model, four steps. A sweep's
+    points too (the swept keys, given after, win)."""
+    if "sweep" in argv:
+        return [*argv, *FAST, "model.n_layer=1"]
     if "train" not in argv or "--resume" in argv:
         return argv
     config = pathlib.Path(argv[argv.index("train") + 1])
@@ -240,6 +243,26 @@ def check_purpose(argv: list[str], out: str, err: str, cwd: pathlib.Path, state:
         model = AutoModelForCausalLM.from_pretrained(out_dir)
         assert model.config.model_type == json.loads((out_dir / "config.json").read_text())["model_type"]
         return "run folder loadable by AutoModelForCausalLM"
+    if cmd == "generate" and "--sweep" in args:
+        rows = [json.loads(line) for line in (cwd / "generation-sweep.jsonl").read_text().splitlines()]
+        swept = [a.split("=")[0] for a in args[args.index("--sweep") + 1:] if "=" in a]
+        combos = {tuple(r["settings"][k] for k in swept) for r in rows}
+        assert len(rows) == len(combos) == 4 and all(r["text"] and r["seed"] is not None for r in rows), rows
+        assert (cwd / "generation-sweep.html").read_text().count("<tr>") == 5
+        return "every combination's sample, with its settings and seed, in JSONL and HTML"
+    if cmd == "report":
+        page = (cwd / args[args.index("-o") + 1]).read_text()
+        data = json.loads(re.search(r'id="report-data">(.*?)</script>', page, re.S).group(1).replace("<\\/", "</"))
+        assert [r["name"] for r in data["legend"]] == [pathlib.Path(a).name for a in args[:2]]
+        loss = next(p for p in data["plots"] if p["id"] == "loss")
+        assert all(s["points"]["step"] for s in loss["series"]), "a run without its loss curve"
+        return "one page with both runs' curves"
+    if cmd == "sweep":
+        result = json.loads((cwd / "runs/sweep/sweep.json").read_text())
+        assert len(result["points"]) == 4 and all(p["status"] == "finished" for p in result["points"])
+        assert result["fit"]["alpha"] is not None and (cwd / "runs/sweep/sweep.html").exists()
+        assert "power law" in out
+        return "four runs, their table and a power-law fit"
     if cmd == "generate":
         prompt = args[args.index("--prompt") + 1] if "--prompt" in args else state.get("stdin")
         if "--prompt-file" in args:

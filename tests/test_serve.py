@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import llmkit_cmd, subprocess_env, train_run
+from conftest import chromium, llmkit_cmd, subprocess_env, train_run
 
 openai = pytest.importorskip("openai", reason='llmkit serve needs its extra: pip install "llmkit[serve]"')
 
@@ -272,34 +272,12 @@ def test_a_port_in_use_a_missing_model_and_a_bad_adapter_are_one_line_and_exit_2
 # --- the chat page, in a real browser ----------------------------------------------------------------------------
 
 
-def _chromium():
-    """Debian's chromium and chromedriver (apt-get install chromium chromium-driver), driven by selenium; never a
-    browser downloaded at run time."""
-    import shutil
-
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install -y chromium "
-                    "chromium-driver; .ci/run installs them as root)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1100,800"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 @pytest.mark.slow  # a browser start: in the slow suite, which .ci/run runs after the default one
 def test_the_chat_page_streams_an_answer_keeps_the_conversation_and_stops(servers, runs, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = _chromium()
+    browser = chromium()
     try:
         browser.get(servers["instruct"].url + "/")
         wait = WebDriverWait(browser, 60)

@@ -58,12 +58,10 @@ def default_training_args(cfg: Config) -> dict:
 
 
 def _default_report_to() -> str:
-    try:
-        import tensorboard  # noqa: F401
+    """TensorBoard when it is installed (found, not imported: resolving a config stays fast), else none."""
+    import importlib.util
 
-        return "tensorboard"
-    except ImportError:
-        return "none"
+    return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
 
 
 # benchmarks/cpu_precision.py (results/cpu_precision.json): on a CPU with native bf16, autocast is faster at every
@@ -181,6 +179,12 @@ def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: boo
         os.environ["HF_TOKEN"] = token  # for the Trainer's checkpoint pushes, without writing it into its pickles
     if output_dir:
         args["output_dir"] = output_dir
+    if "run_name" not in user:  # what trackers (TensorBoard, trackio, wandb) call the run: its folder's name
+        import pathlib
+
+        args["run_name"] = pathlib.Path(args["output_dir"]).name
+    if "project" not in user:
+        args["project"] = "llmkit"  # trackio's project (transformers' default: "huggingface")
     if "save_steps" not in user and "eval_steps" in user:
         args["save_steps"] = user["eval_steps"]  # best-model tracking needs saves aligned with evaluations
     if not has_eval:

@@ -20,6 +20,8 @@ from transformers import TrainerCallback
 
 from ..config import Config
 
+WALL = "wall_seconds"  # the log key of the wall clock
+
 
 class FeedbackCallback(TrainerCallback):
     """At each evaluation: one line with loss, perplexity, learning rate and tokens/s, then samples."""
@@ -30,10 +32,29 @@ class FeedbackCallback(TrainerCallback):
         self.samples_path = output_dir / "samples.jsonl"
         self.last_time, self.first_step, self.first_tokens, self.lr = None, 0, 0, None
         self.train_seconds = 0.0  # time in training steps only (evaluations, samples and saves excluded)
+        self.start, self.earlier_wall = time.perf_counter(), 0.0
+        self.last_log = (0, 0.0)  # (tokens, train_seconds) at the previous training log line
 
     def on_train_begin(self, args, state, control, **kw):
         self.last_time, self.first_step = time.perf_counter(), state.global_step
         self.first_tokens = state.num_input_tokens_seen or 0
+        self.start = self.last_time
+        # a resumed run: its wall clock goes on from the last entry its checkpoint logged
+        self.earlier_wall = next((h[WALL] for h in reversed(state.log_history) if WALL in h), 0.0)
+        self.last_log = (self.tokens(state), 0.0)
+
+    def log_fields(self, state, flops: float, training: bool) -> dict:
+        """What every log entry gains: tokens and FLOPs so far, wall seconds since the run began (earlier sessions
+        of a resumed run included), and for training lines the tokens/s of the steps since the previous one."""
+        tokens = self.tokens(state)
+        fields = {"tokens": tokens, "flops": float(flops),
+                  WALL: round(self.earlier_wall + time.perf_counter() - self.start, 3)}
+        if training:
+            seen, seconds = tokens - self.last_log[0], self.train_seconds - self.last_log[1]
+            if seen > 0 and seconds > 0:
+                fields["tokens_per_second"] = seen / seconds
+            self.last_log = (tokens, self.train_seconds)
+        return fields
 
     def on_step_end(self, args, state, control, **kw):
         now = time.perf_counter()

@@ -18,9 +18,13 @@ class LlmkitTrainer(Trainer):
 
     language_model_loss = True  # the loss is the model's next-token loss: fused for llmkit-gpt, perplexity in logs
 
-    def __init__(self, *args, tokens_per_char: float | None = None, on_nonfinite: str = "stop", **kwargs):
+    def __init__(self, *args, tokens_per_char: float | None = None, on_nonfinite: str = "stop", progress=None,
+                 **kwargs):
+        """`progress`: the run's FeedbackCallback, whose clock and token count annotate every log entry (tokens,
+        FLOPs, wall seconds, tokens/s), so a report can plot any metric against any of them."""
         super().__init__(*args, **kwargs)
         self.tokens_per_char = tokens_per_char
+        self.progress = progress
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self._skip_update = False
@@ -108,6 +112,9 @@ class LlmkitTrainer(Trainer):
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "eval_loss" in logs and self.language_model_loss:
             logs.update(perplexity_metrics(logs["eval_loss"], self.tokens_per_char, prefix="eval_"))
+        if self.progress is not None and "train_runtime" not in logs:  # the run's summary line has its own
+            flops = self.state.total_flos + self.current_flos * max(1, self.args.world_size)
+            logs.update(self.progress.log_fields(self.state, flops, training="loss" in logs))
         super().log(logs, *args, **kwargs)
 
 

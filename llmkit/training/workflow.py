@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import torch
 
@@ -19,7 +20,7 @@ from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, run_lo
 from .lora import apply_lora
 from .optim import check_muon_launch, muon_trainer_kwargs, validate_optimizer
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
-from .trainer import LlmkitTrainer
+from .trainer import LlmkitTrainer, non_embedding_parameters
 
 
 def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, log=print,
@@ -117,6 +118,7 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         callbacks=callbacks,
         tokens_per_char=val_tokens / val_chars if val_chars else None,
         on_nonfinite=on_nonfinite,
+        progress=feedback,
         **extra,
     )
     if resume_from and state.is_main_process:
@@ -156,6 +158,9 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         "train_tokens_per_second": feedback.throughput(trainer.state),
         "train_tokens": feedback.tokens(trainer.state),
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "non_embedding_parameters": non_embedding_parameters(model),
+        "train_flops": trainer.state.total_flos,
+        "wall_seconds": round(feedback.earlier_wall + time.perf_counter() - feedback.start, 3),
         "trainable_parameters": trainable,
         "mixed_precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "no",
         "skipped_nonfinite_steps": trainer.skipped_steps,
