@@ -56,6 +56,7 @@ def plot(rows: list[dict], fit: dict, path: pathlib.Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -72,6 +73,8 @@ def plot(rows: list[dict], fit: dict, path: pathlib.Path) -> None:
                     xytext=(4, 6), fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("final val loss (nats/token)")
     ax.set_title("Width ablation at 1.0M tokens (4 layers, built-in corpus)", fontsize=10)

@@ -302,6 +302,10 @@ def cmd_generate(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError("--output is for --sweep's samples; use --json to print samples as JSON")
+    if args.sweep:  # bad sweep settings fail before the model loads
+        from .sweep import parse_generation_sweep
+
+        parse_generation_sweep(args.sweep)
     model, tokenizer = load_model(args.model, adapter=args.adapter, device=args.device)
     args.stop = [decode_escapes(s) for s in args.stop] if args.stop else None
     if args.prompt is not None:

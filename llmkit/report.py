@@ -114,6 +114,9 @@ def read_run(path: str | pathlib.Path, *, history: list[dict] | None = None, sta
     path = pathlib.Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such folder; pass a run folder that `llmkit train` wrote")
+    if not is_run(path) and (path / "sweep.json").is_file():
+        raise ConfigError(f"{path} is a sweep, not a run: open {path / 'sweep.html'}, or pass its points "
+                          f"({path}/*/) to llmkit report")
     if not is_run(path):
         raise ConfigError(f"{path} is not an llmkit run folder (no config.yaml, metrics.json, log_history.json or "
                           "checkpoint); pass a folder that `llmkit train` wrote")

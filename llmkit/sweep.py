@@ -80,9 +80,11 @@ def points(grid: dict[str, list[str]], seeds: int | None) -> list[Point]:
     return out
 
 
-def check_points(config: str | None, overrides: list[str], pts: list[Point]) -> None:
-    """Every point's config loads (keys, types, values) before any point trains."""
+def check_points(config: str | None, overrides: list[str], pts: list[Point], out: pathlib.Path) -> None:
+    """Every point's config loads (keys, types, values), its model settings hold and TrainingArguments accepts its
+    training settings, before any point trains."""
     from .config import load_config
+    from .training import training_arguments
     from .training.workflow import check_model_settings
 
     for point in pts:
@@ -90,6 +92,8 @@ def check_points(config: str | None, overrides: list[str], pts: list[Point]) -> 
             cfg = load_config(config, [*overrides, *point.overrides()])
             if cfg.model.from_pretrained is None:
                 check_model_settings(cfg)
+            has_eval = bool(cfg.data.val_source or cfg.data.val_ratio)
+            training_arguments(cfg, str(out / point.name), has_eval=has_eval)
         except ConfigError as err:
             raise ConfigError(f"point {point.name}: {err}") from None
 
@@ -417,7 +421,7 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], *
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; name a folder")
     sweep = Sweep(config, overrides, grid, seeds=seeds, out=out, parallel=parallel, fit=fit, fit_x=fit_x, log=log)
-    check_points(config, overrides, sweep.points)
+    check_points(config, overrides, sweep.points, out)
     for key in grid:
         if key in ("training.output_dir",):
             raise ConfigError("--grid training.output_dir: each point's folder is set by the sweep (--out)")

@@ -37,6 +37,19 @@ def series(data: dict, plot: str) -> dict[str, dict]:
     return {s["name"]: s for s in found["series"]}
 
 
+def cli(args, capsys) -> tuple[int, str, str]:
+    """The command line in this process (llmkit.cli.main; its process entry is test_cli.py's): exit code, out, err."""
+    from llmkit.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exit_:
+        rc = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
 def run(args, cwd, timeout=300, **kw):
     return subprocess.run(llmkit_cmd(*args), cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout, **kw)
@@ -121,6 +134,7 @@ def test_report_of_two_runs_compares_metrics_configs_and_samples(two_runs, tmp_p
             assert f"{row['prompt']}{row['text']}".replace("&", "&amp;").replace("<", "&lt;")[:6] in samples
 
 
+@pytest.mark.slow  # a real training process watched and stopped by SIGTERM: about 30 s
 def test_interrupted_and_running_runs_report_what_they_have(corpus, tmp_path):
     """A run's report.html appears at its first evaluation, says it is training, and a run stopped by SIGTERM
     reports its curves up to the stop as interrupted."""
@@ -154,7 +168,7 @@ def test_interrupted_and_running_runs_report_what_they_have(corpus, tmp_path):
     assert len(series(data, "loss")["long val"]["points"]["step"]) >= 1
 
 
-def test_bad_report_input_is_one_line(two_runs, tmp_path):
+def test_bad_report_input_is_one_line(two_runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "old").mkdir()  # an older run: a log, no config, no metrics
     (tmp_path / "old/log_history.json").write_text(json.dumps([{"loss": 3.0, "step": 5}, {"eval_loss": 2.9,
@@ -164,11 +178,11 @@ def test_bad_report_input_is_one_line(two_runs, tmp_path):
              "out is a folder": ([two_runs / "a", "-o", tmp_path], "is a folder"),
              "no out folder": ([two_runs / "a", "-o", tmp_path / "x/y/r.html"], "no such folder")}
     for name, (args, message) in cases.items():
-        proc = run(["report", *args], tmp_path)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, proc.stderr)
-    proc = run(["report", two_runs / "a", tmp_path / "old", "-o", tmp_path / "r.html"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+        rc, _, err = cli(["report", *args], capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == 2 and len(lines) == 1 and message in lines[0], (name, err)
+    rc, _, err = cli(["report", two_runs / "a", tmp_path / "old", "-o", tmp_path / "r.html"], capsys)
+    assert rc == 0, err
     data = page_data(tmp_path / "r.html")
     assert any("old: config.yaml is missing" in n["text"] for n in data["notes"])
     assert series(data, "loss")["old val"]["points"]["step"] == [[5, 2.9]]
@@ -178,13 +192,13 @@ def test_bad_report_input_is_one_line(two_runs, tmp_path):
 # --- sweeps -----------------------------------------------------------------------------------------------------
 
 
-def test_sweep_records_a_failed_point_and_goes_on(corpus, tmp_path):
+def test_sweep_records_a_failed_point_and_goes_on(corpus, tmp_path, capsys):
     """One point's data does not exist: it fails with its one-line error, the other trains; the table, JSON and
     page are written; a second sweep skips the finished point."""
     args = ["sweep", *TINY, "training.max_steps=10", "training.eval_steps=10",
             "--grid", f"data.source={corpus},{tmp_path / 'missing.txt'}", "--parallel", "2", "--out", tmp_path / "sw"]
-    proc = run(args, tmp_path)
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    rc, _, err = cli(args, capsys)
+    assert rc == 1, err[-3000:]
     result = read_json(tmp_path / "sw/sweep.json")
     good, bad = result["points"]
     assert good["status"] == "finished" and good["eval_loss"] > 0 and good["tokens"] == 10 * 16 * 32
@@ -194,22 +208,26 @@ def test_sweep_records_a_failed_point_and_goes_on(corpus, tmp_path):
     assert [r["status"] for r in rows] == ["finished", "failed"]
     data = page_data(tmp_path / "sw/sweep.html")
     assert any("failed" in n["text"] for n in data["notes"])
+    rc, _, err = cli(["report", tmp_path / "sw"], capsys)  # the sweep's folder is not a run: its page is named
+    assert rc == 2 and "is a sweep" in err and "sweep.html" in err
     mtime = (tmp_path / "sw" / good["point"] / "model.safetensors").stat().st_mtime_ns
-    again = run(args, tmp_path)
-    assert f"{good['point']}: finished, skipped" in again.stderr
+    rc, _, err = cli(args, capsys)
+    assert rc == 1 and f"{good['point']}: finished, skipped" in err
     assert (tmp_path / "sw" / good["point"] / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-def test_sweep_settings_are_checked_before_any_point_trains(tmp_path):
+def test_sweep_settings_are_checked_before_any_point_trains(tmp_path, capsys):
     cases = {"bad key": (["--grid", "model.n_embdd=32,64"], "n_embdd"),
              "bad value": (["--grid", "model.n_head=2,5"], "n_head"),
+             "rejected by TrainingArguments": (["training.eval_steps=10", "--grid", "training.save_steps=10,7"],
+                                               "round multiple"),
              "no grid": ([], "nothing to sweep"),
              "bad grid": (["--grid", "n_embd"], "KEY=V1,V2"),
              "too parallel": (["--grid", "model.n_embd=32,64", "--parallel", "999"], "--parallel 999")}
     for name, (extra, message) in cases.items():
-        proc = run(["sweep", *TINY, *extra, "--out", tmp_path / name], tmp_path)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, proc.stderr)
+        rc, _, err = cli(["sweep", *TINY, *extra, "--out", tmp_path / name], capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert rc == 2 and len(lines) == 1 and message in lines[0], (name, err)
         assert not (tmp_path / name).exists(), name
 
 
@@ -234,7 +252,8 @@ def test_power_law_fit_recovers_a_known_exponent():
 def test_a_2x2_sweep_with_two_seeds_resumes_after_kill_9_and_fits_a_power_law(corpus, tmp_path):
     out = tmp_path / "sw"
     args = ["sweep", *TINY, f"data.source={corpus}", "training.max_steps=60", "training.eval_steps=60",
-            "training.save_steps=20", "sample.max_new_tokens=0", "--grid", "model.n_embd=16,48",
+            "training.save_steps=20", "training.load_best_model_at_end=false", "sample.max_new_tokens=0",
+            "--grid", "model.n_embd=16,48",
             "--grid", "model.n_layer=1,2", "--seeds", "2", "--fit", "power-law", "--out", out]
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(llmkit_cmd(*args), cwd=tmp_path, env=subprocess_env(), stdout=log, stderr=log,
@@ -280,11 +299,11 @@ def test_a_2x2_sweep_with_two_seeds_resumes_after_kill_9_and_fits_a_power_law(co
 # --- generation sweeps -------------------------------------------------------------------------------------------
 
 
-def test_generation_sweep_writes_every_sample_with_its_settings(two_runs, tmp_path):
+def test_generation_sweep_writes_every_sample_with_its_settings(two_runs, tmp_path, capsys):
     out = tmp_path / "gen.jsonl"
-    proc = run(["generate", two_runs / "a", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "3",
-                "--sweep", "temperature=0.5,1.1", "top_k=5,20", "--output", out], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    rc, _, err = cli(["generate", two_runs / "a", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "3",
+                      "--sweep", "temperature=0.5,1.1", "top_k=5,20", "--output", out], capsys)
+    assert rc == 0, err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4
     assert {(r["settings"]["temperature"], r["settings"]["top_k"]) for r in rows} == {
@@ -294,11 +313,11 @@ def test_generation_sweep_writes_every_sample_with_its_settings(two_runs, tmp_pa
     assert page.count("<tr>") == 5 and "ROMEO:" in page
     # each sample is what plain generate gives with the same settings and seed
     row = next(r for r in rows if r["settings"]["temperature"] == 1.1 and r["settings"]["top_k"] == 20)
-    plain = run(["generate", two_runs / "a", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "3",
-                 "--temperature", "1.1", "--top-k", "20", "--json"], tmp_path)
-    assert json.loads(plain.stdout)["samples"] == [row["text"]]
-    bad = run(["generate", two_runs / "a", "--sweep", "temprature=0.5"], tmp_path)
-    assert bad.returncode == 2 and "temprature" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    rc, plain, _ = cli(["generate", two_runs / "a", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "3",
+                        "--temperature", "1.1", "--top-k", "20", "--json"], capsys)
+    assert json.loads(plain)["samples"] == [row["text"]]
+    rc, _, err = cli(["generate", two_runs / "a", "--prompt", "R", "--sweep", "temprature=0.5"], capsys)
+    assert rc == 2 and "temprature" in err and len(err.strip().splitlines()) == 1
 
 
 # --- trackers ---------------------------------------------------------------------------------------------------
