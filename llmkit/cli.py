@@ -264,13 +264,14 @@ def cmd_prepare(args) -> int:
 def cmd_train(args) -> int:
     from .config import load_config
     from .report import ReportCallback, write_report
-    from .training import run_folder, train
+    from .training import WallClock, run_folder, train
 
+    clock = WallClock(since=_process_start())
     cfg = load_config(args.config, args.overrides)
     out = run_folder(cfg, args.output_dir)
     keeper = ReportCallback(out)
     try:
-        train(cfg, output_dir=args.output_dir, resume=args.resume, callbacks=[keeper])
+        train(cfg, output_dir=args.output_dir, resume=args.resume, callbacks=[keeper], clock=clock)
     except BaseException:  # stopped (a signal, a fault): the page it kept said "training"; it now says where
         if keeper.written:
             import contextlib
@@ -285,6 +286,16 @@ def cmd_train(args) -> int:
 
         push_finished_run(cfg, run_folder(cfg, args.output_dir))
     return 0
+
+
+def _process_start() -> float | None:
+    """This process's start (epoch seconds), for the run's "start-up" phase: interpreter and imports."""
+    try:
+        import psutil  # accelerate's dependency
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 (a platform without it: the phase is left out)
+        return None
 
 
 def _main_process() -> bool:

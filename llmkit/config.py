@@ -171,7 +171,11 @@ LLMKIT_TRAINING_EXTRAS = {"early_stopping_patience": int, "resume_from_checkpoin
                           "on_nonfinite": str,  # stop (default) | skip: a NaN/inf loss or gradient
                           "optimizer": str,  # adamw (default) | muon | a transformers optim name
                           "muon": dict | None,  # Muon's own settings (training/optim.py)
-                          "max_time": float}  # seconds of training, then the final evaluation and save
+                          "max_time": float,  # seconds of training, then the final evaluation and save
+                          # evaluations during training score this many validation tokens (default 16384: a fixed,
+                          # evenly spread subset of the blocks; null: all); the last step and the final model are
+                          # scored on the whole split
+                          "eval_subsample_tokens": int | None}
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> Config:

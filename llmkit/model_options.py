@@ -56,6 +56,10 @@ MODEL_OPTIONS: tuple[ModelOption, ...] = (
                 llmkit_only=True),
     ModelOption("qkv_bias", bool | None, "biases of the q/k/v projection (default: bias)", fixed=True,
                 architecture=True, llmkit_only=True),
+    ModelOption("qk_norm", bool | None, "RMSNorm of each head's queries and keys (default false)", fixed=True,
+                architecture=True, llmkit_only=True),
+    ModelOption("zero_init_residual", bool | None, "residual projections start at zero (default false: GPT-2's "
+                "scaled init)", architecture=True, llmkit_only=True),
     ModelOption("tie_word_embeddings", bool | None, "the head shares the embedding matrix", scratch=True, fixed=True,
                 architecture=True),
     ModelOption("attn_implementation", str | None, "sdpa (default) | eager | flash_attention_2 ..."),

@@ -20,6 +20,7 @@ import html
 import json
 import math
 import pathlib
+import time
 from dataclasses import dataclass, field
 
 import yaml
@@ -457,14 +458,19 @@ class ReportCallback(TrainerCallback):
     """Keeps `<run>/report.html` and `<run>/log_history.json` current during training: rewritten after each
     evaluation from the trainer's live log, so the page can be reloaded while the run goes on."""
 
+    wall_phase = "report"  # the run's WallClock: `seconds` is the time spent writing the page
+
     def __init__(self, output_dir: str | pathlib.Path):
         self.out = pathlib.Path(output_dir)
         self.written = False  # whether this process wrote the page (a refused run leaves an old one alone)
+        self.seconds = 0.0
 
     def on_evaluate(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or not self.out.is_dir():
             return
+        began = time.perf_counter()
         history = list(state.log_history)
         write_atomic(self.out / "log_history.json", json.dumps(history, indent=2) + "\n")
         write_atomic(self.out / "report.html", report_html([read_run(self.out, history=history, status="training")]))
         self.written = True
+        self.seconds += time.perf_counter() - began

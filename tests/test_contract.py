@@ -26,6 +26,10 @@ FORMS = {
     "learned-rmsnorm-swiglu-nobias": dict(norm_type="rmsnorm", mlp_type="swiglu", bias=False),
     "learned-qkv-bias-only": dict(bias=False, qkv_bias=True, tie_word_embeddings=False),
     "rotary-rmsnorm-gelu-bias": dict(position_embedding_type="rotary", norm_type="rmsnorm"),
+    # the speedrun levers: QK-norm, ReLU², zero-initialised residual projections, an untied head
+    "rotary-qknorm-relu2-zeroinit": dict(position_embedding_type="rotary", qk_norm=True, activation_function="relu2",
+                                         zero_init_residual=True, bias=False, tie_word_embeddings=False),
+    "learned-qknorm-bias": dict(qk_norm=True),
 }
 FORM_IDS = list(FORMS)
 

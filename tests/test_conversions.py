@@ -274,6 +274,10 @@ def test_from_gpt2_fused_activation_uses_the_fused_kernel_and_matches_stock_gpt2
         ),
         ("llama", dict(MODERN, qkv_bias=True), "biases (model.qkv_bias=true)"),
         ("llama", dict(MODERN, norm_type="layernorm"), "LayerNorm: Llama has RMSNorm only"),
+        ("gpt2", dict(qk_norm=True), "QK-norm: GPT-2 normalises neither queries nor keys; retrain with "
+                                     "model.qk_norm=false"),
+        ("llama", dict(MODERN, qk_norm=True), "QK-norm: Llama normalises neither queries nor keys; retrain with "
+                                              "model.qk_norm=false"),
         (
             "llama",
             dict(),

@@ -93,7 +93,7 @@ def runs(shakespeare_head, tmp_path_factory) -> dict[str, pathlib.Path]:
         "gpt2like": [],
         "llamalike": ["model.position_embedding_type=rotary", "model.norm_type=rmsnorm", "model.mlp_type=swiglu",
                       "model.bias=false"],
-        "codeonly": ["model.position_embedding_type=rotary"],
+        "codeonly": ["model.position_embedding_type=rotary", "model.qk_norm=true"],  # QK-norm: in the code only
     }
     out = {}
     for name, extra in variants.items():

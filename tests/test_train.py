@@ -172,6 +172,54 @@ def test_a_resumed_run_reports_the_throughput_of_the_steps_it_ran(resumed_run):
         assert reported == pytest.approx(printed, rel=0.01, abs=1), name
 
 
+def test_a_cli_run_says_where_its_wall_time_went(resumed_run):
+    """metrics.json's wall_seconds_by_phase (llmkit train's WallClock): from the process's start (imports) to the
+    run files, the phases add up to the total, which is the process's time up to metrics.json."""
+    metrics = read_json(resumed_run["straight"] / "metrics.json")
+    phases = dict(metrics["wall_seconds_by_phase"])
+    total = phases.pop("total")
+    assert sum(phases.values()) == pytest.approx(total, abs=0.01)
+    for phase in ("start-up", "data", "model", "trainer set-up", "data loading", "training steps", "evaluation",
+                  "samples", "report", "checkpoints", "final save", "run files"):
+        assert phases.get(phase, 0) > 0, (phase, phases)
+    assert list(phases)[:3] == ["start-up", "config and checks", "data"]
+    assert phases["start-up"] > 0.3  # at least torch's import, before the command's first line
+    # the clock's training time and the FeedbackCallback's (steps plus what runs between them) agree
+    between = phases["training steps"] + phases["data loading"] + phases["logging"] + phases["checkpoints"]
+    assert phases["training steps"] <= metrics["train_tokens"] / metrics["train_tokens_per_second"] <= between + 0.5
+    assert total > metrics["wall_seconds"]  # the run's own clock starts at on_train_begin, after start-up
+
+
+def test_evaluations_during_training_score_a_fixed_subsample_and_the_end_the_whole_split(corpus, tmp_path):
+    """training.eval_subsample_tokens: evaluations at steps 10 and 20 score 8 evenly spread blocks, the last
+    step's the whole split; metrics.json's eval_loss is the saved model's loss on the whole split."""
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.config import ConfigError
+    from llmkit.data import BlockCollator, prepare_data
+
+    base = [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=30",
+            "training.eval_steps=10", "sample.max_new_tokens=0"]
+    with pytest.raises(ConfigError, match="eval_subsample_tokens=0 must be a positive number"):
+        train(load_config(None, [*base, "training.eval_subsample_tokens=0"]), output_dir=str(tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()
+    cfg = load_config(None, [*base, "training.eval_subsample_tokens=256"])  # 8 blocks of 32
+    out = tmp_path / "run"
+    metrics = train(cfg, output_dir=str(out), log=lambda *a: None)
+    blocks = prepare_data(cfg, log=lambda *a: None).eval_dataset(cfg.block_size)
+    assert len(blocks) > 100
+    evals = {h["step"]: h for h in read_json(out / "log_history.json") if "eval_loss" in h}
+    assert sorted(evals) == [10, 20, 30]
+    scored = {step: round(h["eval_runtime"] * h["eval_samples_per_second"]) for step, h in evals.items()}
+    assert scored[10] == scored[20] == 8 and scored[30] == len(blocks), scored
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    batch = BlockCollator()([blocks[i] for i in range(len(blocks))])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["shift_labels"].flatten()).item()
+    assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-4)
+
+
 def test_same_config_and_seed_give_the_same_run(corpus, tmp_path):
     """Two `llmkit train` runs of one config with a fixed training.seed start from the same weights and log the
     same losses (HF's set_seed(args.seed) runs in Trainer.__init__, after llmkit has built the model)."""

@@ -38,6 +38,10 @@ class LlmkitGPTConfig(PretrainedConfig):
             (None: same as `bias`).
         embd_pdrop, attn_pdrop, resid_pdrop: dropout after the embeddings, on attention weights, on residual
             branches.
+        qk_norm: RMSNorm (with a learned scale per head dimension) of each head's queries and keys before the
+            rotary positions and the dot product, as OLMo 2, Qwen3 and modded-nanogpt.
+        zero_init_residual: the two residual projections of each block (attention's and the MLP's output) start
+            at zero, so every block starts as the identity (modded-nanogpt); otherwise GPT-2's scaled init.
     """
 
     model_type = "llmkit-gpt"
@@ -70,6 +74,8 @@ class LlmkitGPTConfig(PretrainedConfig):
         attn_pdrop: float = 0.0,
         resid_pdrop: float = 0.0,
         tie_word_embeddings: bool = True,
+        qk_norm: bool = False,
+        zero_init_residual: bool = False,
         use_cache: bool = True,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -103,6 +109,8 @@ class LlmkitGPTConfig(PretrainedConfig):
         self.embd_pdrop = embd_pdrop
         self.attn_pdrop = attn_pdrop
         self.resid_pdrop = resid_pdrop
+        self.qk_norm = qk_norm
+        self.zero_init_residual = zero_init_residual
         self.use_cache = use_cache
         super().__init__(
             bos_token_id=bos_token_id,
@@ -145,6 +153,9 @@ def _validate(args: dict) -> None:
         )
     if args["position_embedding_type"] == "rotary" and (n_embd // n_head) % 2:
         raise ValueError(f"rotary positions need an even head size, got n_embd/n_head = {n_embd // n_head}")
+    for name in ("qk_norm", "zero_init_residual"):
+        if not isinstance(args[name], bool):
+            raise ValueError(f"{name} must be true or false, got {args[name]!r}")
     for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
         if not 0.0 <= float(args[name]) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {args[name]!r}")

@@ -99,6 +99,10 @@ class LlmkitGPTAttention(nn.Module):
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_projection = True  # GPT-2 scaled init, see _init_weights
         self.resid_dropout = _dropout(config.resid_pdrop)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:  # per-head RMSNorm of queries and keys, each with its own scale (head_dim,)
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_epsilon)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.layer_norm_epsilon)
 
     def forward(
         self,
@@ -110,7 +114,18 @@ class LlmkitGPTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape
         qkv = self.c_attn(hidden_states)  # (B, T, 3C)
-        if position_embeddings is None:
+        if self.qk_norm:
+            query, key, value = (t.view(B, T, self.n_head, self.head_dim) for t in qkv.split(C, dim=2))
+            query, key = self.q_norm(query), self.k_norm(key)  # (B, T, nh, hs), normalised over hs
+            if position_embeddings is None:
+                query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
+            else:
+                qk = torch.cat((query, key), dim=2)  # (B, T, 2nh, hs)
+                cos, sin = position_embeddings  # (B, T, 1, hs)
+                qk = (qk * cos + rotate_half(qk) * sin).to(qkv.dtype)
+                query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
+                value = value.transpose(1, 2)
+        elif position_embeddings is None:
             # split then transpose (not one 5-d permute): its backward is a single cat, measurably cheaper on CPU
             query, key, value = (
                 t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -214,12 +229,16 @@ class LlmkitGPTPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         # transformers' defaults (normal(0, initializer_range) linears/embeddings, unit norms, RoPE buffers),
-        # then GPT-2's scaled init of the two residual projections per block: std / sqrt(2 * n_layer).
-        # (transformers initialises leaf modules one by one, so the flag sits on the Linear itself.)
+        # then GPT-2's scaled init of the two residual projections per block: std / sqrt(2 * n_layer), or zeros
+        # with `zero_init_residual`. (transformers initialises leaf modules one by one, so the flag sits on the
+        # Linear itself.)
         super()._init_weights(module)
         if getattr(module, "residual_projection", False):
-            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
-            init.normal_(module.weight, mean=0.0, std=std)
+            if self.config.zero_init_residual:
+                init.zeros_(module.weight)
+            else:
+                std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+                init.normal_(module.weight, mean=0.0, std=std)
 
 
 class LlmkitGPTModel(LlmkitGPTPreTrainedModel):

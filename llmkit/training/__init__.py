@@ -7,7 +7,7 @@ Design choices:
   feedback and the run folder are the same for all of them, as nanoGPT's fine-tuning is its training loop with
   another starting point.
 - Modules: `arguments` (TrainingArguments defaults and precision policy), `trainer` (the Trainer subclass),
-  `callbacks` (eval lines and samples), `lora` (peft glue), `run_folder` (where a run starts and what it leaves).
+  `callbacks` (eval lines and samples, the wall clock by phase), `lora` (peft glue), `run_folder` (where a run starts and what it leaves).
   Building a model from a config lives with the loader (`llmkit.loading.model_from_config`).
 - The Trainer does the loop, devices, data parallelism, mixed precision, checkpoints and resuming; llmkit supplies
   the data (packed blocks with `shift_labels`, so every position is scored), the model, the defaults, and the
@@ -22,12 +22,14 @@ from .arguments import (
     training_arguments,
     training_settings,
 )
+from .callbacks import WallClock
 from .run_folder import last_complete_checkpoint
 from .trainer import LlmkitTrainer, perplexity_metrics
 from .workflow import run_folder, train
 
 __all__ = [
     "LlmkitTrainer",
+    "WallClock",
     "default_training_args",
     "hub_settings",
     "last_complete_checkpoint",

@@ -23,8 +23,83 @@ from ..config import Config
 WALL = "wall_seconds"  # the log key of the wall clock
 
 
+class WallClock(TrainerCallback):
+    """Where a run's wall time goes, by phase: `lap(phase)` gives the time since the previous lap to `phase`.
+
+    Put last among the Trainer's callbacks, it laps at every event of the training loop: the batch fetched before a
+    step ("data loading"), the step itself (forward, backward, optimizer: "training steps"), logging, evaluation,
+    checkpoints. Callbacks with a `wall_phase` and a running `seconds` count (samples, the report) get their own
+    time out of the lap they fall in. `since`: the process's start (epoch seconds), for a "start-up" phase."""
+
+    def __init__(self, since: float | None = None, parts: list | None = None):
+        self.seconds: dict[str, float] = {}
+        self.parts = list(parts or [])
+        self._seen: dict[int, float] = {}
+        self.training = False
+        if since is not None:
+            self.seconds["start-up"] = max(0.0, time.time() - since)
+        self.mark = time.perf_counter()
+
+    def add_parts(self, callbacks: list) -> None:
+        self.parts += [c for c in callbacks if getattr(c, "wall_phase", None) and c not in self.parts]
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        spent, self.mark = now - self.mark, now
+        for part in self.parts:
+            done = part.seconds - self._seen.get(id(part), 0.0)
+            if done > 0:
+                self._seen[id(part)] = part.seconds
+                self.seconds[part.wall_phase] = self.seconds.get(part.wall_phase, 0.0) + done
+                spent -= done
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + max(0.0, spent)
+
+    def breakdown(self) -> dict:
+        """{phase: seconds} in the order the phases first came, and their total."""
+        out = {k: round(v, 3) for k, v in self.seconds.items()}
+        out["total"] = round(sum(self.seconds.values()), 3)
+        return out
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.lap("trainer set-up")
+        self.training = True
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.lap("data loading")
+
+    def on_step_end(self, args, state, control, **kw):
+        self.lap("training steps")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not self.training:
+            return
+        logs = logs or {}
+        if "train_runtime" in logs:  # the Trainer's summary, after the loop (and the best checkpoint's reload)
+            self.lap(self._end(args))
+        else:  # an evaluation logs its metrics before on_evaluate
+            self.lap("evaluation" if any(k.startswith("eval_") for k in logs) else "logging")
+
+    def on_evaluate(self, args, state, control, **kw):
+        if self.training:
+            self.lap("evaluation")
+
+    def on_save(self, args, state, control, **kw):
+        if self.training:
+            self.lap("checkpoints")
+
+    def on_train_end(self, args, state, control, **kw):
+        self.lap(self._end(args))
+        self.training = False
+
+    @staticmethod
+    def _end(args) -> str:
+        return "end of training (best model reloaded)" if args.load_best_model_at_end else "end of training"
+
+
 class FeedbackCallback(TrainerCallback):
     """At each evaluation: one line with loss, perplexity, learning rate and tokens/s, then samples."""
+
+    wall_phase = "samples"  # WallClock: `seconds` is the time spent sampling
 
     def __init__(self, cfg: Config, tokenizer, tokens_per_step: int | None, output_dir: pathlib.Path):
         """`tokens_per_step`: fixed for packed text blocks; None counts the Trainer's `num_input_tokens_seen`."""
@@ -34,6 +109,7 @@ class FeedbackCallback(TrainerCallback):
         self.train_seconds = 0.0  # time in training steps only (evaluations, samples and saves excluded)
         self.start, self.earlier_wall = time.perf_counter(), 0.0
         self.last_log = (0, 0.0)  # (tokens, train_seconds) at the previous training log line
+        self.seconds = 0.0  # time spent sampling
 
     def on_train_begin(self, args, state, control, **kw):
         self.last_time, self.first_step = time.perf_counter(), state.global_step
@@ -89,7 +165,9 @@ class FeedbackCallback(TrainerCallback):
         # seed gives the same text); otherwise the main process samples alone.
         sampling = model is not None and self.cfg.sample.prompts and self.cfg.sample.max_new_tokens > 0
         if sampling and (state.is_world_process_zero or is_sharded(model)):
+            began = time.perf_counter()
             self._samples(model, state.global_step, write=state.is_world_process_zero)
+            self.seconds += time.perf_counter() - began
         self.last_time = time.perf_counter()
 
     def _samples(self, model, step: int, write: bool = True) -> None:

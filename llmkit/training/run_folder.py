@@ -65,18 +65,20 @@ def starting_checkpoint(out: pathlib.Path, resume: bool, resume_from) -> str | N
 
 
 def final_eval(trainer: Trainer) -> dict:
-    """Validation metrics of the model the run ends with: reused from the log when that model (the best
-    checkpoint reloaded, or the last step's) was already evaluated, so the end of a run does not evaluate,
-    print and sample twice."""
+    """Validation metrics of the model the run ends with, on the whole validation split: reused from the log when
+    that model (the best checkpoint reloaded, or the last step's) was already evaluated on all of it, so the end of
+    a run does not evaluate, print and sample twice."""
     state = trainer.state
     step = state.global_step
     if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
         match = CHECKPOINT_RE.match(pathlib.Path(state.best_model_checkpoint).name)
         step = int(match.group(1)) if match else -1
-    for entry in reversed(state.log_history):
-        if "eval_loss" in entry and entry.get("step") == step:
-            return {k: v for k, v in entry.items() if k.startswith("eval_")}
-    return trainer.evaluate()
+    full = getattr(trainer, "full_eval_dataset", None)  # None: every evaluation scored the whole split
+    if full is None or step in trainer.full_eval_steps:
+        for entry in reversed(state.log_history):
+            if "eval_loss" in entry and entry.get("step") == step:
+                return {k: v for k, v in entry.items() if k.startswith("eval_")}
+    return trainer.evaluate(eval_dataset=full)
 
 
 def last_train_loss(history: list[dict], fallback: float) -> float:
@@ -120,11 +122,16 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def write_run_files(out: pathlib.Path, trainer: Trainer, tokenizer, metrics: dict) -> None:
+def write_run_files(out: pathlib.Path, trainer: Trainer, tokenizer, metrics: dict, clock=None) -> None:
+    """The tokenizer, log, loss curve and, last, metrics.json (with the run's `wall_seconds_by_phase` when a
+    WallClock timed it, these files included)."""
     tokenizer.save_pretrained(out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
     plot_loss_curve(trainer.state.log_history, out / "loss_curve.png")
+    if clock is not None:
+        clock.lap("run files")
+        metrics["wall_seconds_by_phase"] = clock.breakdown()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def plot_loss_curve(history: list[dict], path: pathlib.Path) -> None:

@@ -19,10 +19,14 @@ class LlmkitTrainer(Trainer):
     language_model_loss = True  # the loss is the model's next-token loss: fused for llmkit-gpt, perplexity in logs
 
     def __init__(self, *args, tokens_per_char: float | None = None, on_nonfinite: str = "stop", progress=None,
-                 **kwargs):
+                 full_eval_dataset=None, **kwargs):
         """`progress`: the run's FeedbackCallback, whose clock and token count annotate every log entry (tokens,
-        FLOPs, wall seconds, tokens/s), so a report can plot any metric against any of them."""
+        FLOPs, wall seconds, tokens/s), so a report can plot any metric against any of them.
+        `full_eval_dataset`: the whole validation split where `eval_dataset` is a subsample of it
+        (`training.eval_subsample_tokens`): the evaluation at the last step, and the final one, use it."""
         super().__init__(*args, **kwargs)
+        self.full_eval_dataset = full_eval_dataset
+        self.full_eval_steps: set[int] = set()  # steps whose logged evaluation scored the whole split
         self.tokens_per_char = tokens_per_char
         self.progress = progress
         self.on_nonfinite = on_nonfinite
@@ -108,6 +112,17 @@ class LlmkitTrainer(Trainer):
         tied = getattr(self.model, "all_tied_weights_keys", None) or {}
         missing = [k for k in load_result.missing_keys if k not in tied]
         super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The Trainer's evaluation; on the whole validation split at the last step when the run evaluates a
+        subsample during training."""
+        if eval_dataset is None and self.full_eval_dataset is not None and \
+                self.state.global_step >= self.state.max_steps > 0:
+            eval_dataset = self.full_eval_dataset
+        if self.full_eval_dataset is None or eval_dataset is self.full_eval_dataset:
+            self.full_eval_steps.add(self.state.global_step)
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                metric_key_prefix=metric_key_prefix)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "eval_loss" in logs and self.language_model_loss:

@@ -15,18 +15,25 @@ from ..data import summary as data_summary
 from ..loading import model_from_config
 from ..models import build_config
 from .arguments import training_arguments, training_settings
-from .callbacks import FeedbackCallback, sample_kwargs
+from .callbacks import FeedbackCallback, WallClock, sample_kwargs
 from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, run_lock
 from .lora import apply_lora
 from .optim import check_muon_launch, muon_trainer_kwargs, validate_optimizer
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
 from .trainer import LlmkitTrainer, non_embedding_parameters
 
+# Validation tokens scored by each evaluation during training (a fixed subset of the blocks; the last step and the
+# final model are scored on the whole split): about what nanoGPT's CPU recipe estimates its loss on (20 batches of
+# 12 x 64). What it saves: benchmarks/wall_time.py and the README's "Time to quality".
+EVAL_SUBSAMPLE_TOKENS = 16_384
+
 
 def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, log=print,
-          callbacks: list | None = None) -> dict:
+          callbacks: list | None = None, clock: WallClock | None = None) -> dict:
     """Prepare data, build tokenizer and model, train, and write the run folder. Returns the final metrics.
-    `callbacks` (transformers `TrainerCallback`s) join llmkit's own."""
+    `callbacks` (transformers `TrainerCallback`s) join llmkit's own. `clock`: the WallClock that times the run's
+    phases into metrics.json's `wall_seconds_by_phase` (the CLI's starts with the process; by default, here)."""
+    clock = clock or WallClock()
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
@@ -47,15 +54,22 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     validate_optimizer(cfg.training)
     if cfg.training.get("max_time") is not None and not float(cfg.training["max_time"]) > 0:
         raise ConfigError(f"training.max_time={cfg.training['max_time']} must be a positive number of seconds")
+    subsample = cfg.training.get("eval_subsample_tokens", EVAL_SUBSAMPLE_TOKENS)
+    if subsample is not None and not (isinstance(subsample, int) and subsample > 0):
+        raise ConfigError(f"training.eval_subsample_tokens={subsample!r} must be a positive number of tokens "
+                          "(or null: every evaluation scores the whole validation split)")
     out = run_folder(cfg, output_dir)
     resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))  # before any work
     with run_lock(out, enabled=state.is_main_process):
-        return _train(cfg, state, out, resume_from, output_dir, log, callbacks or [], on_nonfinite)
+        return _train(cfg, state, out, resume_from, output_dir, log, callbacks or [], on_nonfinite, clock)
 
 
-def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, callbacks, on_nonfinite) -> dict:
+def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, callbacks, on_nonfinite,
+           clock: WallClock) -> dict:
+    clock.lap("config and checks")
     with state.main_process_first():  # one process tokenizes; the others then hit the cache
         data = prepare_data(cfg, log=log if state.is_main_process else _quiet)
+    clock.lap("data")
     if state.is_main_process:
         log(data_summary(data, cfg.block_size))
     tokenizer = data.tokenizer
@@ -71,7 +85,10 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         reference = reference_model(cfg, model, tokenizer)  # a frozen copy of the starting weights
     train_ds = data.train_dataset(cfg.block_size, cfg.data.packing, cfg.data.seed)
     eval_ds = data.eval_dataset(cfg.block_size)
+    interim_eval_ds = eval_subsample(eval_ds, cfg.training.get("eval_subsample_tokens", EVAL_SUBSAMPLE_TOKENS),
+                                     cfg.block_size)
     args = training_arguments(cfg, output_dir, has_eval=eval_ds is not None)
+    clock.lap("model")
 
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +112,8 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         from transformers import EarlyStoppingCallback
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=int(patience)))
+    clock.add_parts(callbacks)
+    callbacks.append(clock)  # last: it laps after every other callback's work at each event
 
     val_chars = data.meta.get("val_chars") or 0
     val_tokens = data.meta.get("val_tokens") or 0
@@ -112,7 +131,8 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         model=model,
         args=args,
         train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        eval_dataset=interim_eval_ds,
+        full_eval_dataset=eval_ds if interim_eval_ds is not eval_ds else None,
         data_collator=data.collator(),
         processing_class=tokenizer,
         callbacks=callbacks,
@@ -148,6 +168,7 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         raise RunError(f"stopped by {name} at step {trainer.state.global_step}: checkpoint-{trainer.state.global_step} "
                        f"is complete; continue with the same command and --resume", exit_code=stopper.exit_code)
     evaluation = final_eval(trainer) if eval_ds is not None else {}
+    clock.lap("final evaluation")
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics = {
@@ -170,12 +191,32 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         **{k: v for k, v in evaluation.items() if k.startswith("eval_")},
     }
     save_model(trainer, out, base=cfg.model.from_pretrained, stock_arch=stock_arch, is_main=state.is_main_process)
+    clock.lap("final save")
     if state.is_main_process:
-        write_run_files(out, trainer, tokenizer, metrics)
+        write_run_files(out, trainer, tokenizer, metrics, clock)
         log(f"done: {json.dumps({k: metrics[k] for k in metrics if k != 'best_checkpoint'}, default=str)}")
         log(f"{'adapter' if cfg.lora is not None else 'model'}, tokenizer, metrics and loss curve saved in {out}")
     state.wait_for_everyone()
     return metrics
+
+
+def eval_subsample(eval_ds, tokens: int | None, block_size: int):
+    """The validation set scored during training: `eval_ds` itself, or, when `tokens` is set and the split holds
+    more, a fixed subset of its blocks spread evenly over the split (the same blocks at every evaluation, so the
+    curve compares like with like). Streams and instruction sets of varying lengths are used whole."""
+    if eval_ds is None or not tokens or not hasattr(eval_ds, "__len__"):
+        return eval_ds
+    from ..data.pipeline import PackedBlocks
+
+    if not isinstance(eval_ds, PackedBlocks):
+        return eval_ds
+    keep = max(1, tokens // block_size)
+    if keep >= len(eval_ds):
+        return eval_ds
+    import numpy as np
+    from torch.utils.data import Subset
+
+    return Subset(eval_ds, np.linspace(0, len(eval_ds) - 1, keep).round().astype(int).tolist())
 
 
 def run_folder(cfg: Config, output_dir: str | None = None) -> pathlib.Path:

@@ -45,6 +45,8 @@ def mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
         found.append(
             ("rotary positions: GPT-2 has a learned position table", "model.position_embedding_type=learned")
         )
+    if getattr(config, "qk_norm", False):
+        found.append(("QK-norm: GPT-2 normalises neither queries nor keys", "model.qk_norm=false"))
     if config.norm_type != "layernorm":
         found.append(
             ("RMSNorm: GPT-2 has LayerNorm only (mean-centred, with a bias)", "model.norm_type=layernorm")

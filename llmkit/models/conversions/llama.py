@@ -62,6 +62,8 @@ def mismatches(config: LlmkitGPTConfig) -> list[tuple[str, str]]:
                 "model.position_embedding_type=rotary",
             )
         )
+    if getattr(config, "qk_norm", False):
+        found.append(("QK-norm: Llama normalises neither queries nor keys", "model.qk_norm=false"))
     if config.norm_type != "rmsnorm":
         found.append(
             ("LayerNorm: Llama has RMSNorm only (no mean-centring, no bias)", "model.norm_type=rmsnorm")
