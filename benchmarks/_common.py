@@ -74,7 +74,7 @@ class _Block(nn.Module):
 
 def quickstart_run(folder: pathlib.Path) -> pathlib.Path:
     """The quickstart model the fine-tuning, instruction and distillation benchmarks start from: `folder` as it is,
-    or trained there first with `llmkit train configs/quickstart.yaml` (about 3 minutes)."""
+    or trained there first with `llmkit train configs/quickstart.yaml` (a few minutes)."""
     import os
     import subprocess
     import sys

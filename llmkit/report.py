@@ -315,6 +315,27 @@ def metrics_table(runs: list[RunData]) -> str:
             f"{''.join(rows)}</table></div>")
 
 
+def time_table(runs: list[RunData]) -> str:
+    """Where each run's wall time went (metrics.json's `wall_seconds_by_phase`): seconds and share by phase."""
+    timed = [(run, run.metrics.get("wall_seconds_by_phase")) for run in runs]
+    timed = [(run, p) for run, p in timed if isinstance(p, dict) and p.get("total")]
+    if not timed:
+        return ""
+    phases = list(dict.fromkeys(k for _, p in timed for k in p if k != "total"))
+    head = "".join(f"<th>{html.escape(run.name)}</th>" for run, _ in timed)
+    rows = []
+    for phase in [*phases, "total"]:
+        cells = []
+        for _, p in timed:
+            value = p.get(phase)
+            share = f" ({100 * value / p['total']:.1f}%)" if isinstance(value, (int, float)) and phase != "total" else ""
+            cells.append(f'<td class="num">{_format(value, "float1") if value is not None else "-"}{share}</td>')
+        rows.append(f"<tr><td>{html.escape(phase)}</td>{''.join(cells)}</tr>")
+    return (f"<h2>Where the time went</h2><p class=sub>Seconds of wall time by phase, from the process's start to "
+            f"metrics.json (training steps: forward, backward and optimizer).</p><div class=scroll><table id=time>"
+            f"<tr><th>phase</th>{head}</tr>{''.join(rows)}</table></div>")
+
+
 def flatten(value, prefix: str = "") -> dict:
     if isinstance(value, dict):
         out = {}
@@ -424,7 +445,7 @@ def report_html(runs: list[RunData], *, title: str | None = None, extra_plots: l
     subtitle = f"{len(runs)} run{'s' if len(runs) > 1 else ''} ({'; '.join(kinds)}): " + ", ".join(
         f"{run.name} [{run.status}]" for run in runs)
     notes = list(extra_notes or []) + [{"level": "note", "text": f"{run.name}: {n}"} for run in runs for n in run.notes]
-    tables = extra_tables + metrics_table(runs) + config_differences(runs) + samples_table(runs)
+    tables = extra_tables + metrics_table(runs) + time_table(runs) + config_differences(runs) + samples_table(runs)
     legend = [{"name": run.name, "color": c} for run, c in zip(runs, _colors(len(runs)))]
     return render(title, subtitle, history_plots(runs) + list(extra_plots or []), tables, legend=legend,
                   axes=axes_present(runs), notes=notes)

@@ -121,6 +121,12 @@ def test_report_of_two_runs_compares_metrics_configs_and_samples(two_runs, tmp_p
     for key in ("eval_perplexity", "train_tokens_per_second", "num_parameters", "mixed_precision", "optimizer",
                 "wall_seconds"):
         assert f'data-key="{key}"' in table, key
+    # where the time went: each run's phases from metrics.json, seconds and share, the totals last
+    time = re.search(r"<table id=time>(.*?)</table>", page, re.S).group(1)
+    steps = re.search(r"<tr><td>training steps</td>(.*?)</tr>", time, re.S).group(1)
+    assert len(re.findall(r'<td class="num">[\d.,]+ \([\d.]+%\)</td>', steps)) == 2
+    totals = re.findall(r'<td class="num">([\d.,]+)</td>', re.search(r"<tr><td>total</td>(.*?)</tr>", time).group(1))
+    assert totals == [f"{m['wall_seconds_by_phase']['total']:,.1f}" for m in (a, b)]
     # config differences: only what differs (width, optimizer), resolved (a's optimizer is the default adamw)
     diff = re.search(r"<table id=config-diff>(.*?)</table>", page, re.S).group(1)
     keys = re.findall(r"<tr><td>([\w.]+)</td>", diff)
