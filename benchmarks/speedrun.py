@@ -224,6 +224,10 @@ def main():
     args = parser.parse_args()
     if not SHAKESPEARE.exists():
         raise SystemExit(f"{SHAKESPEARE} not found: this benchmark needs ../shared beside the checkout")
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise SystemExit('the seeds\' test needs scipy: pip install -e ".[dev]" (or pip install scipy)')
     work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-speedrun-"))
     nano_runs = []
     try:
