@@ -87,6 +87,21 @@ def quickstart_run(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def shakespeare_overrides(work: pathlib.Path) -> list[str]:
+    """The overrides that point a config at tinyshakespeare with its token cache under `work`."""
+    return [f"data.source={SHAKESPEARE}", f"data.cache_dir={work / 'cache'}"]
+
+
+def prepare_once(work: pathlib.Path, configs) -> None:
+    """Tokenize tinyshakespeare for each config into `work`'s cache, before any timing (`llmkit prepare`)."""
+    import subprocess
+    import sys
+
+    for config in configs:
+        subprocess.run([sys.executable, "-m", "llmkit.cli", "prepare", str(config), *shakespeare_overrides(work)],
+                       cwd=work, check=True, capture_output=True)
+
+
 GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "model.n_layer=6",
              "model.n_head=6", "model.n_embd=384", "model.n_positions=256", "training.max_steps=300",
              "training.eval_steps=300", "sample.max_new_tokens=0"]

@@ -38,7 +38,7 @@ import tempfile
 import time
 
 import torch
-from _common import SHAKESPEARE, report
+from _common import SHAKESPEARE, prepare_once, report, shakespeare_overrides
 from torch.nn import functional as F
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -175,8 +175,8 @@ def nanogpt(work: pathlib.Path, name: str, offset: int = 0) -> dict:
 
 def llmkit(work: pathlib.Path, config: pathlib.Path, overrides: list[str], name: str) -> dict:
     out = work / f"run-{name}"
-    base = [f"data.source={SHAKESPEARE}", f"data.cache_dir={work / 'cache'}", f"training.output_dir={out}",
-            "training.report_to=none", "training.disable_tqdm=true"]
+    base = [*shakespeare_overrides(work), f"training.output_dir={out}", "training.report_to=none",
+            "training.disable_tqdm=true"]
     result = run_timed([sys.executable, "-m", "llmkit.cli", "train", str(config), *base, *overrides], work,
                        re.compile(r"step (\d+)/\d+ \| eval loss ([\d.]+)"))
     result["loss"] = score_llmkit(out) if "failed" not in result else None
@@ -235,9 +235,7 @@ def main():
         data = work / "nanogpt" / "data" / "shakespeare_char"
         shutil.copy(SHAKESPEARE, data / "input.txt")
         subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
-        for config in {args.preset, CPU_PRESET}:  # tokenized once, before any timing
-            subprocess.run([sys.executable, "-m", "llmkit.cli", "prepare", str(config), f"data.source={SHAKESPEARE}",
-                            f"data.cache_dir={work / 'cache'}"], cwd=work, check=True, capture_output=True)
+        prepare_once(work, {args.preset, CPU_PRESET})
 
         def nano(offset: int) -> None:
             r = nanogpt(work, f"nano-{offset}", offset)

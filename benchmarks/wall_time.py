@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from _common import REPO, SHAKESPEARE, report
+from _common import REPO, SHAKESPEARE, prepare_once, report, shakespeare_overrides
 
 CONFIG = REPO / "configs" / "shakespeare-char-cpu.yaml"
 VARIANTS = {"whole split": ["training.eval_subsample_tokens=null"], "defaults": []}
@@ -35,9 +35,9 @@ VARIANTS = {"whole split": ["training.eval_subsample_tokens=null"], "defaults": 
 def run(work: pathlib.Path, overrides: list[str], name: str, steps: int) -> dict:
     out = work / name
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "llmkit.cli", "train", str(CONFIG), f"data.source={SHAKESPEARE}",
-           f"data.cache_dir={work / 'cache'}", f"training.output_dir={out}", "training.report_to=none",
-           "training.disable_tqdm=true", f"training.max_steps={steps}", *overrides]
+    cmd = [sys.executable, "-m", "llmkit.cli", "train", str(CONFIG), *shakespeare_overrides(work),
+           f"training.output_dir={out}", "training.report_to=none", "training.disable_tqdm=true",
+           f"training.max_steps={steps}", *overrides]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -63,8 +63,7 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-walltime-"))
     results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     try:
-        subprocess.run([sys.executable, "-m", "llmkit.cli", "prepare", str(CONFIG), f"data.source={SHAKESPEARE}",
-                        f"data.cache_dir={work / 'cache'}"], cwd=work, check=True, capture_output=True)
+        prepare_once(work, [CONFIG])
         for r in range(args.rounds):
             for name, overrides in VARIANTS.items():
                 result = run(work, overrides, f"{name.replace(' ', '-')}-{r}", args.steps)

@@ -329,7 +329,7 @@ def time_table(runs: list[RunData]) -> str:
         for _, p in timed:
             value = p.get(phase)
             share = f" ({100 * value / p['total']:.1f}%)" if isinstance(value, (int, float)) and phase != "total" else ""
-            cells.append(f'<td class="num">{_format(value, "float1") if value is not None else "-"}{share}</td>')
+            cells.append(f'<td class="num">{_format(value, "float1")}{share}</td>')
         rows.append(f"<tr><td>{html.escape(phase)}</td>{''.join(cells)}</tr>")
     return (f"<h2>Where the time went</h2><p class=sub>Seconds of wall time by phase, from the process's start to "
             f"metrics.json (training steps: forward, backward and optimizer).</p><div class=scroll><table id=time>"

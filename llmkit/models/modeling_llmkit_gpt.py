@@ -114,26 +114,17 @@ class LlmkitGPTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape
         qkv = self.c_attn(hidden_states)  # (B, T, 3C)
-        if self.qk_norm:
-            query, key, value = (t.view(B, T, self.n_head, self.head_dim) for t in qkv.split(C, dim=2))
-            query, key = self.q_norm(query), self.k_norm(key)  # (B, T, nh, hs), normalised over hs
-            if position_embeddings is None:
-                query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
-            else:
-                qk = torch.cat((query, key), dim=2)  # (B, T, 2nh, hs)
-                cos, sin = position_embeddings  # (B, T, 1, hs)
-                qk = (qk * cos + rotate_half(qk) * sin).to(qkv.dtype)
-                query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
-                value = value.transpose(1, 2)
-        elif position_embeddings is None:
+        if position_embeddings is None:
             # split then transpose (not one 5-d permute): its backward is a single cat, measurably cheaper on CPU
-            query, key, value = (
-                t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-                for t in qkv.split(C, dim=2)
-            )
+            query, key, value = (t.view(B, T, self.n_head, self.head_dim) for t in qkv.split(C, dim=2))
+            if self.qk_norm:
+                query, key = self.q_norm(query), self.k_norm(key)  # normalised over hs
+            query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
         else:  # rotary: q and k rotated together
             qk, value = qkv.split((2 * C, C), dim=2)
             qk = qk.view(B, T, 2 * self.n_head, self.head_dim)  # (B, T, 2nh, hs)
+            if self.qk_norm:  # normalised over hs, before the rotation
+                qk = torch.cat((self.q_norm(qk[:, :, : self.n_head]), self.k_norm(qk[:, :, self.n_head :])), dim=2)
             cos, sin = position_embeddings  # (B, T, 1, hs)
             qk = (qk * cos + rotate_half(qk) * sin).to(qkv.dtype)  # transformers' apply_rotary_pos_emb, q|k at once
             query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)

@@ -31,9 +31,9 @@ class WallClock(TrainerCallback):
     checkpoints. Callbacks with a `wall_phase` and a running `seconds` count (samples, the report) get their own
     time out of the lap they fall in. `since`: the process's start (epoch seconds), for a "start-up" phase."""
 
-    def __init__(self, since: float | None = None, parts: list | None = None):
+    def __init__(self, since: float | None = None):
         self.seconds: dict[str, float] = {}
-        self.parts = list(parts or [])
+        self.parts: list = []  # callbacks timing their own work (add_parts)
         self._seen: dict[int, float] = {}
         self.training = False
         if since is not None:

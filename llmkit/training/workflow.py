@@ -12,6 +12,7 @@ from ..compat import load_best_model, load_checkpoint
 from ..config import Config, ConfigError, RunError, first_line
 from ..data import prepare_data
 from ..data import summary as data_summary
+from ..data.pipeline import PackedBlocks
 from ..loading import model_from_config
 from ..models import build_config
 from .arguments import training_arguments, training_settings
@@ -54,10 +55,7 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
     validate_optimizer(cfg.training)
     if cfg.training.get("max_time") is not None and not float(cfg.training["max_time"]) > 0:
         raise ConfigError(f"training.max_time={cfg.training['max_time']} must be a positive number of seconds")
-    subsample = cfg.training.get("eval_subsample_tokens", EVAL_SUBSAMPLE_TOKENS)
-    if subsample is not None and not (isinstance(subsample, int) and subsample > 0):
-        raise ConfigError(f"training.eval_subsample_tokens={subsample!r} must be a positive number of tokens "
-                          "(or null: every evaluation scores the whole validation split)")
+    eval_subsample_tokens(cfg)  # a bad value fails before any data work
     out = run_folder(cfg, output_dir)
     resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))  # before any work
     with run_lock(out, enabled=state.is_main_process):
@@ -85,8 +83,7 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
         reference = reference_model(cfg, model, tokenizer)  # a frozen copy of the starting weights
     train_ds = data.train_dataset(cfg.block_size, cfg.data.packing, cfg.data.seed)
     eval_ds = data.eval_dataset(cfg.block_size)
-    interim_eval_ds = eval_subsample(eval_ds, cfg.training.get("eval_subsample_tokens", EVAL_SUBSAMPLE_TOKENS),
-                                     cfg.block_size)
+    interim_eval_ds = eval_subsample(eval_ds, eval_subsample_tokens(cfg), cfg.block_size)
     args = training_arguments(cfg, output_dir, has_eval=eval_ds is not None)
     clock.lap("model")
 
@@ -200,15 +197,20 @@ def _train(cfg: Config, state, out: pathlib.Path, resume_from, output_dir, log, 
     return metrics
 
 
+def eval_subsample_tokens(cfg: Config) -> int | None:
+    """`training.eval_subsample_tokens` (default EVAL_SUBSAMPLE_TOKENS; None: the whole split), checked."""
+    tokens = cfg.training.get("eval_subsample_tokens", EVAL_SUBSAMPLE_TOKENS)
+    if tokens is not None and not (isinstance(tokens, int) and tokens > 0):
+        raise ConfigError(f"training.eval_subsample_tokens={tokens!r} must be a positive number of tokens "
+                          "(or null: every evaluation scores the whole validation split)")
+    return tokens
+
+
 def eval_subsample(eval_ds, tokens: int | None, block_size: int):
     """The validation set scored during training: `eval_ds` itself, or, when `tokens` is set and the split holds
     more, a fixed subset of its blocks spread evenly over the split (the same blocks at every evaluation, so the
     curve compares like with like). Streams and instruction sets of varying lengths are used whole."""
-    if eval_ds is None or not tokens or not hasattr(eval_ds, "__len__"):
-        return eval_ds
-    from ..data.pipeline import PackedBlocks
-
-    if not isinstance(eval_ds, PackedBlocks):
+    if not tokens or not isinstance(eval_ds, PackedBlocks):
         return eval_ds
     keep = max(1, tokens // block_size)
     if keep >= len(eval_ds):
