@@ -94,22 +94,6 @@ def is_run(path: pathlib.Path) -> bool:
         or any(path.glob("checkpoint-*/trainer_state.json"))
 
 
-def training_now(path: pathlib.Path) -> bool:
-    """True while a training process holds the run's folder lock (llmkit.training.guards.run_lock)."""
-    import fcntl
-
-    lock = path / ".llmkit-lock"
-    if not lock.exists():
-        return False
-    with lock.open() as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 def read_run(path: str | pathlib.Path, *, history: list[dict] | None = None, status: str | None = None) -> RunData:
     """A run folder's files. `history`/`status`: the live log and state, from a training process's own callback."""
     path = pathlib.Path(path)
@@ -143,7 +127,9 @@ def read_run(path: str | pathlib.Path, *, history: list[dict] | None = None, sta
             history, checkpoint_step = state["log_history"], state.get("global_step")
     history = [h for h in (history or []) if isinstance(h, dict)]
     if status is None:
-        status = "finished" if metrics is not None else "training" if training_now(path) else "interrupted"
+        from .training.guards import lock_holder  # held while a training process runs in the folder
+
+        status = "finished" if metrics is not None else "training" if lock_holder(path) else "interrupted"
     if metrics is None:
         metrics = _metrics_from_history(history)
         last = max((h.get("step", 0) for h in history), default=0)

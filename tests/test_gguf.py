@@ -172,7 +172,7 @@ def test_llama_cpp_answers_an_instruct_run_in_its_template_and_stops_at_the_end_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form,quant", [("gpt2", "q8_0"), ("gpt2", "q4_0"), ("llama", "q8_0"), ("llama", "q4_0")])
-def test_llama_cpp_reads_the_quantized_blocks_as_transformers_does(runs, exports, form, quant):
+def test_llama_cpp_reads_the_quantized_blocks_as_transformers_does(runs, exports, form, quant, monkeypatch):
     """The blocks the `gguf` package's quantizer wrote mean to llama.cpp what they mean to transformers' GGUF
     dequantizer: the same next-token choices over a window and the same perplexity (llama.cpp quantizes the
     activations to 8 bits for its quantized products, so the logits are not equal to the digit)."""
@@ -183,6 +183,18 @@ def test_llama_cpp_reads_the_quantized_blocks_as_transformers_does(runs, exports
     theirs, _ = read_back(exports[form, quant], quant, ours.config)
     with torch.no_grad():
         reference = theirs(torch.tensor([ids])).logits[0]
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        # llama.cpp's AMX kernels (Intel Sapphire Rapids and later) crash in ggml_backend_amx_mul_mat on q8_0/q4_0
+        # weights of any size here (ggml-org/llama.cpp#20824, open); read them through the plain CPU kernels there,
+        # as `use_extra_bufts=False` in llama.cpp's model parameters does (llama-cpp-python has no argument for it)
+        default = llama_cpp.llama_cpp.llama_model_default_params
+
+        def no_amx():
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        monkeypatch.setattr(llama_cpp.llama.llama_cpp, "llama_model_default_params", no_amx)
     llm = llama_cpp.Llama(model_path=str(exports[form, quant] / f"model-{quant}.gguf"), n_ctx=ours.config.n_positions,
                           n_threads=2, logits_all=True, verbose=False)
     llm.eval(ids)

@@ -5,6 +5,7 @@ learning rate that makes the loss NaN."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from conftest import assert_resumed_like_uninterrupted, is_json, llmkit_cmd, read_json, subprocess_env
 
 from llmkit.training import last_complete_checkpoint
+from llmkit.training.guards import run_lock
 
 TINY = ["tokenizer.kind=char", "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.n_positions=32",
         "data.packing=blocks", "training.per_device_train_batch_size=8", "training.learning_rate=3e-3",
@@ -141,6 +143,22 @@ def test_two_runs_into_one_folder_one_is_refused_and_a_killed_run_leaves_no_stuc
                                       "--resume"), cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_a_folder_in_use_is_reported_as_in_use_even_when_it_already_holds_checkpoints(corpus, tmp_path):
+    """The lock is asked before the folder's contents: a run that has written its first checkpoint is still running,
+    so a second start (with or without --resume) is told the folder is in use, not that it holds a run."""
+    run = tmp_path / "run"
+    (run / "checkpoint-10").mkdir(parents=True)
+    (run / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    with run_lock(run):  # this test process is the run that holds the folder
+        before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")}
+        for extra in ([], ["--resume"]):
+            proc = subprocess.run(llmkit_cmd("train", *TINY, f"data.source={corpus}", "--output-dir", run, *extra),
+                                  cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+            line = one_error_line(proc.stderr)
+            assert proc.returncode == 2 and f"is in use by another llmkit run (pid {os.getpid()})" in line, line
+        assert {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
 @pytest.mark.slow  # keeps the default suite under 15 minutes (it measured 15 min 57 s)

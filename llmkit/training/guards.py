@@ -33,6 +33,28 @@ LOCK = ".llmkit-lock"
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+def lock_holder(out: pathlib.Path) -> str | None:
+    """Who holds `out`'s run lock now ("pid N"), or None when no process does. Only reads: a folder without a lock
+    file gets none."""
+    import fcntl
+
+    lock = out / LOCK
+    if not lock.is_file():
+        return None
+    with lock.open() as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def in_use_error(out: pathlib.Path, owner: str) -> ConfigError:
+    return ConfigError(f"{out} is in use by another llmkit run ({owner}); wait for it to finish or set "
+                       "training.output_dir to another folder")
+
+
 @contextlib.contextmanager
 def run_lock(out: pathlib.Path, enabled: bool = True):
     """Hold `out`'s lock for the run; refuse at once (one line) when another run holds it."""
@@ -50,8 +72,7 @@ def run_lock(out: pathlib.Path, enabled: bool = True):
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigError(f"{out} is in use by another llmkit run ({owner}); wait for it to finish or set "
-                          "training.output_dir to another folder") from None
+        raise in_use_error(out, owner) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")

@@ -17,7 +17,7 @@ from ..loading import model_from_config
 from ..models import build_config
 from .arguments import training_arguments, training_settings
 from .callbacks import FeedbackCallback, WallClock, sample_kwargs
-from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, run_lock
+from .guards import StopOnSignal, TimeBudget, disk_full, disk_full_error, in_use_error, lock_holder, run_lock
 from .lora import apply_lora
 from .optim import check_muon_launch, muon_trainer_kwargs, validate_optimizer
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
@@ -57,6 +57,8 @@ def train(cfg: Config, *, output_dir: str | None = None, resume: bool = False, l
         raise ConfigError(f"training.max_time={cfg.training['max_time']} must be a positive number of seconds")
     eval_subsample_tokens(cfg)  # a bad value fails before any data work
     out = run_folder(cfg, output_dir)
+    if state.is_main_process and (owner := lock_holder(out)):  # a folder in use is reported as such, whatever it holds
+        raise in_use_error(out, owner)
     resume_from = starting_checkpoint(out, resume, cfg.training.get("resume_from_checkpoint"))  # before any work
     with run_lock(out, enabled=state.is_main_process):
         return _train(cfg, state, out, resume_from, output_dir, log, callbacks or [], on_nonfinite, clock)
