@@ -46,6 +46,18 @@ def launch(args: list[str], *, processes: int, machines: int = 1, rank: int = 0,
                             start_new_session=True)
 
 
+def finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Wait for launched machines together, reading all their pipes at once: each machine's local main process
+    prints every log line, and one whose pipe fills up (64 KB) blocks the others at their next collective."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(procs)) as pool:
+        outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-4000:]
+    return [err for _, err in outputs]
+
+
 def single(args: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmkit.cli", "train", *map(str, args)], cwd=cwd,
                           env=subprocess_env(), capture_output=True, text=True, timeout=600)
@@ -88,9 +100,7 @@ def test_two_machines_on_localhost_end_with_the_model_of_one_machine(reference_t
     port = free_port()
     machines = [launch([*common, "--output-dir", tmp_path / "run"], processes=2, machines=2, rank=r, port=port,
                        cwd=tmp_path) for r in (0, 1)]
-    for proc in machines:
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-4000:]
+    finish(machines, timeout=600)
     ours, reference = load_file(tmp_path / "run" / "model.safetensors"), load_file(run / "model.safetensors")
     assert ours.keys() == reference.keys()
     for name in ours:
@@ -138,8 +148,6 @@ def test_a_killed_machine_stops_the_other_within_a_minute_and_both_resume(corpus
     port = free_port()
     resumed = [launch([*common, "--resume"], processes=2, machines=2, rank=r, port=port, cwd=tmp_path)
                for r in (0, 1)]
-    for proc in resumed:
-        _, err = proc.communicate(timeout=900)
-        assert proc.returncode == 0, err[-4000:]
+    finish(resumed, timeout=900)
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["global_step"] == 400
