@@ -185,7 +185,8 @@ def test_llama_cpp_reads_the_quantized_blocks_as_transformers_does(runs, exports
         reference = theirs(torch.tensor([ids])).logits[0]
     if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
         # llama.cpp's AMX kernels (Intel Sapphire Rapids and later) crash in ggml_backend_amx_mul_mat on q8_0/q4_0
-        # weights of any size here (ggml-org/llama.cpp#20824, open); read them through the plain CPU kernels there,
+        # weights at every width tried here, 64 to 256, in its own converter's files too (ggml-org/llama.cpp#20824,
+        # open); read them through the plain CPU kernels there,
         # as `use_extra_bufts=False` in llama.cpp's model parameters does (llama-cpp-python has no argument for it)
         default = llama_cpp.llama_cpp.llama_model_default_params
 

@@ -46,7 +46,7 @@ def launch(args: list[str], *, processes: int, machines: int = 1, rank: int = 0,
                             start_new_session=True)
 
 
-def finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+def finish(procs: list[subprocess.Popen], timeout: float) -> None:
     """Wait for launched machines together, reading all their pipes at once: each machine's local main process
     prints every log line, and one whose pipe fills up (64 KB) blocks the others at their next collective."""
     from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +55,6 @@ def finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
         outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-4000:]
-    return [err for _, err in outputs]
 
 
 def single(args: list[str], cwd) -> subprocess.CompletedProcess:

@@ -45,9 +45,15 @@ def lock_holder(out: pathlib.Path) -> str | None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return handle.read().strip() or "another process"
+            return _owner(handle)
         fcntl.flock(handle, fcntl.LOCK_UN)
     return None
+
+
+def _owner(handle) -> str:
+    """What the holder wrote into the lock file (run_lock writes "pid N")."""
+    handle.seek(0)
+    return handle.read().strip() or "another process"
 
 
 def in_use_error(out: pathlib.Path, owner: str) -> ConfigError:
@@ -69,8 +75,7 @@ def run_lock(out: pathlib.Path, enabled: bool = True):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
+        owner = _owner(handle)
         handle.close()
         raise in_use_error(out, owner) from None
     handle.seek(0)
