@@ -56,7 +56,11 @@ BLOCK = 64
 MUON = ["training.optimizer=muon", "training.muon.lr=0.03"]
 WSD = ["training.lr_scheduler_type=warmup_stable_decay", "training.warmup_steps=10",
        "training.lr_scheduler_kwargs={}"]  # decays over the last 20% by default
-OLD = ["training.learning_rate=2e-3", "training.max_steps=280", "training.lr_scheduler_kwargs={num_decay_steps: 140}"]
+B24 = ["training.per_device_train_batch_size=24", "training.muon.lr=0.03"]  # the previous presets' batch and Muon lr
+OLD = [*B24, "training.learning_rate=2e-3", "training.max_steps=280",
+       "training.lr_scheduler_kwargs={num_decay_steps: 140}"]
+B24_220 = [*B24, "training.max_steps=220", "training.lr_scheduler_kwargs={num_decay_steps: 110}",
+           "training.eval_steps=220", "training.save_steps=220"]
 LEVERS = [
     ("nanoGPT's recipe in llmkit (learned positions, AdamW 1e-3, cosine, batch 12, 2000 steps, fp32)", CPU_PRESET,
      ["model.position_embedding_type=learned", "training.bf16=false"]),
@@ -66,15 +70,16 @@ LEVERS = [
     ("+ Muon 0.03 on the block matrices", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3", *MUON]),
     ("+ warmup-stable-decay, 600 steps", CPU_PRESET, ["training.bf16=false", "training.learning_rate=2e-3", *MUON, *WSD,
                                                      "training.max_steps=600"]),
-    ("+ batch 24, 280 steps, decay over half (the previous preset)", PRESET, [*OLD, "model.qk_norm=false",
+    ("+ batch 24, 280 steps, decay over half (the preset before QK-norm)", PRESET, [*OLD, "model.qk_norm=false",
                                                                              "model.zero_init_residual=false"]),
     ("+ QK-norm", PRESET, [*OLD, "model.zero_init_residual=false"]),
     ("+ zero-initialised residual projections", PRESET, OLD),
-    ("+ AdamW 4e-3 on embeddings and norms, 220 steps: the preset", PRESET, []),
-    ("  ReLU² (alone, on the preset)", PRESET, ["model.activation_function=relu2"]),
-    ("  untied head (alone, on the preset)", PRESET, ["model.tie_word_embeddings=false"]),
-    ("  bf16 autocast (alone, on the preset)", PRESET, ["training.bf16=true"]),
-    ("  torch.compile (alone, on the preset)", PRESET, ["training.torch_compile=true"]),
+    ("+ AdamW 4e-3 on embeddings and norms, 220 steps (the previous preset)", PRESET, B24_220),
+    ("  ReLU² (alone, on the row above)", PRESET, [*B24_220, "model.activation_function=relu2"]),
+    ("  untied head (alone, on the row above)", PRESET, [*B24_220, "model.tie_word_embeddings=false"]),
+    ("  bf16 autocast (alone, on the row above)", PRESET, [*B24_220, "training.bf16=true"]),
+    ("  torch.compile (alone, on the row above)", PRESET, [*B24_220, "training.torch_compile=true"]),
+    ("+ batch 12, 320 steps, Muon lr 0.04: the preset", PRESET, []),
     ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                                 "training.learning_rate=3e-3"]),
 ]

@@ -18,7 +18,14 @@ from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
 from llmkit.cli import main
 from llmkit.config import ConfigError, load_config
 from llmkit.training import train
-from llmkit.training.optim import MuonFactory, MuonWithAdamW, muon_flops, muon_settings, split_for_muon
+from llmkit.training.optim import (
+    BatchedMuon,
+    MuonFactory,
+    MuonWithAdamW,
+    muon_flops,
+    muon_settings,
+    split_for_muon,
+)
 
 TINY = ["tokenizer.kind=char", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.n_positions=32",
         "training.per_device_train_batch_size=8", "training.warmup_steps=2", "training.logging_steps=1",
@@ -63,6 +70,40 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     kinds = [(g["optimizer"], g["lr"], g["weight_decay"]) for g in opt.param_groups]
     assert kinds == [("muon", 0.03, 0.0), ("adamw", 1e-3, 0.1), ("adamw", 1e-3, 0.0)]
     assert opt.ns_flops == 5 * muon_flops(muon) > 0
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # torch's defaults: nesterov, weight decay 0.1, no lr adjustment
+    {"nesterov": False, "weight_decay": 0.0, "adjust_lr_fn": "original", "ns_steps": 3},
+    {"adjust_lr_fn": "match_rms_adamw", "momentum": 0.9, "lr": 0.02},
+])
+def test_batched_muon_makes_torchs_muon_updates(settings):
+    """BatchedMuon runs same-shaped matrices' Newton-Schulz iterations together: the parameters and momentum after
+    several steps are torch.optim.Muon's, for tall, wide and square matrices, repeated and alone, over two groups
+    (one of them with a matrix that gets no gradient), and the state loads into torch's optimizer."""
+    shapes = [(48, 16), (16, 48), (16, 16), (48, 16), (16, 48), (24, 40), (48, 16)]
+    torch.manual_seed(0)
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+    runs = []
+    for cls in (torch.optim.Muon, BatchedMuon):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls([{"params": params[:4]}, {"params": params[4:], "lr": 0.05}], **settings)
+        for step in grads:
+            for i, (p, g) in enumerate(zip(params, step)):
+                p.grad = None if i == 5 else g.clone()
+            opt.step()
+        runs.append((params, opt))
+    (ours, batched), (theirs, reference) = runs[1], runs[0]
+    for i, (p, q) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(p, q, msg=f"matrix {i} {shapes[i]}")
+        assert (i == 5) == torch.equal(p, start[i])  # every matrix with a gradient moved
+    for i, (p, q) in enumerate(zip(ours, theirs)):
+        assert (p in batched.state) == (i != 5)
+        if i != 5:
+            torch.testing.assert_close(batched.state[p]["momentum_buffer"], reference.state[q]["momentum_buffer"])
+    fresh = torch.optim.Muon([{"params": theirs[:4]}, {"params": theirs[4:], "lr": 0.05}], **settings)
+    fresh.load_state_dict(batched.state_dict())  # one state format: a checkpoint resumes with either
 
 
 def test_muon_state_dict_round_trip_continues_identically():

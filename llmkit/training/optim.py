@@ -11,6 +11,12 @@ Design choices:
   the model. The two optimizers are one `torch.optim.Optimizer` to the Trainer (`MuonWithAdamW`: one list of param
   groups, one state, so the LR scheduler, gradient clipping and checkpoint save/resume see a single optimizer).
   That wrapper is llmkit's; the update rules are PyTorch's.
+- `BatchedMuon` is `torch.optim.Muon` with one change of execution, not of arithmetic: the Newton-Schulz iterations
+  of matrices of the same shape run as one batched product (`baddbmm`) instead of one matrix at a time, and the
+  momentum and weight-decay updates as `_foreach` ops. A GPT's blocks repeat the same few shapes, so a step costs
+  a few batched products instead of (layers x matrices) small ones; the update is PyTorch's, step for step
+  (tests/test_optim.py compares the two), and the state (`momentum_buffer`) is the same, so checkpoints load in
+  either. Hand-written where PyTorch has the rule: only this loop (its Muon orthogonalizes one matrix per call).
 - Muon orthogonalizes each whole matrix. Under FSDP or DeepSpeed a process holds a slice (a row block, or a
   flattened 1-D partition) and Muon would orthogonalize the slice: a different update, silently. Both are
   refused at start; data parallel (every process holds every matrix) is supported.
@@ -20,6 +26,7 @@ Design choices:
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -129,13 +136,77 @@ def muon_flops(named: list) -> int:
     return total
 
 
+class BatchedMuon(torch.optim.Muon):
+    """`torch.optim.Muon`'s update, with the Newton-Schulz iterations of same-shaped matrices batched (see the module
+    docstring). Same constructor, defaults, param groups and state."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.ndim != 2 or p.grad.is_sparse or torch.is_complex(p) for p in params):
+                raise RuntimeError("Muon updates dense real 2-D matrices only")
+            grads = [p.grad for p in params]
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                bufs.append(state["momentum_buffer"])
+            _batched_muon(params, grads, bufs, group)
+        return loss
+
+
+def _batched_muon(params: list, grads: list, bufs: list, group: dict) -> None:
+    """One Muon step (torch.optim._muon._single_tensor_muon's arithmetic), same-shaped matrices at once."""
+    lr = float(group["lr"])
+    momentum = group["momentum"]
+    a, b, c = group["ns_coefficients"]
+    torch._foreach_lerp_(bufs, grads, 1 - momentum)
+    updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
+    torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+    batches: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        batches.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+    for (shape, _, _), index in batches.items():
+        x = torch.stack([updates[i] for i in index]).bfloat16()  # (k, rows, cols)
+        tall = shape[0] > shape[1]
+        if tall:
+            x = x.mT  # iterate on the wide side: the Gram matrices are (k, small, small)
+        x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=group["eps"])  # spectral norm at most 1
+        for _ in range(group["ns_steps"]):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        if tall:
+            x = x.mT
+        x = x.to(params[index[0]].dtype)
+        torch._foreach_add_([params[i] for i in index], list(x.unbind(0)), alpha=-lr * _lr_ratio(group, shape))
+
+
+def _lr_ratio(group: dict, shape: tuple) -> float:
+    """torch.optim.Muon's learning-rate adjustment for a matrix of `shape` (its `adjust_lr_fn`)."""
+    rows, cols = shape[:2]
+    fn = group["adjust_lr_fn"]
+    if fn is None or fn == "original":
+        return math.sqrt(max(1, rows / cols))
+    if fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return 1.0
+
+
 class MuonWithAdamW(torch.optim.Optimizer):
-    """`torch.optim.Muon` on some parameters and `torch.optim.AdamW` on the others, as one optimizer: the param
+    """Muon (`BatchedMuon`) on some parameters and `torch.optim.AdamW` on the others, as one optimizer: the param
     groups (tagged `"optimizer": "muon"|"adamw"`) and the state are shared with the two inner optimizers, so
     schedulers, clipping, `state_dict()` and `load_state_dict()` work on the whole."""
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_kwargs: dict, adamw_kwargs: dict):
-        self.muon = torch.optim.Muon([dict(g, optimizer="muon") for g in muon_groups], **muon_kwargs)
+        self.muon = BatchedMuon([dict(g, optimizer="muon") for g in muon_groups], **muon_kwargs)
         self.adamw = torch.optim.AdamW([dict(g, optimizer="adamw") for g in adamw_groups], **adamw_kwargs)
         # defaults["lr"]: the AdamW side's, which schedules given an absolute `min_lr` divide by (a ratio both follow)
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {"lr": adamw_kwargs["lr"]})
