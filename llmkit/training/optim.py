@@ -2,8 +2,9 @@
 `optim` names (`adamw_torch`, `adafactor`, `sgd`, ...).
 
 Design choices:
-- `muon` is PyTorch's `torch.optim.Muon` on the hidden matrices (every 2-D weight inside the blocks) and AdamW on
-  the rest (embeddings, the output head, norms, biases), as in the Muon paper and modded-nanogpt. Each side has its
+- `muon` is PyTorch's Muon update (`BatchedMuon`, below) on the hidden matrices (every 2-D weight inside the
+  blocks) and AdamW on the rest (embeddings, the output head, norms, biases), as in the Muon paper and
+  modded-nanogpt. Each side has its
   own learning rate and weight decay: AdamW takes `training.learning_rate`/`weight_decay` (decay on matrices only,
   llmkit's rule), Muon takes `training.muon.{lr, momentum, weight_decay, nesterov, ns_steps, adjust_lr_fn}`.
   The schedule (`lr_scheduler_type`) scales both.
@@ -142,10 +143,7 @@ class BatchedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -161,6 +159,14 @@ class BatchedMuon(torch.optim.Muon):
                 bufs.append(state["momentum_buffer"])
             _batched_muon(params, grads, bufs, group)
         return loss
+
+
+def _closure_loss(closure):
+    """An optimizer's `closure` (the loss, recomputed with gradients), as torch's optimizers call it."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _batched_muon(params: list, grads: list, bufs: list, group: dict) -> None:
@@ -219,10 +225,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
