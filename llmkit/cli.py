@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     from .errors import OneLineError, ParameterError, first_line
 
-    quiet_library_output()
+    if args.command not in CONFIG_FIRST:
+        quiet_library_output()
     _fast_exit()
 
     try:
@@ -217,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print("llmkit: interrupted", file=sys.stderr)
         return 130
 
+
+# commands that read and check their config before torch and transformers load (quiet_library_output imports
+# transformers): a mistyped or ill-typed setting is reported at once
+CONFIG_FIRST = ("train", "prepare")
 
 # library parameter names -> this command line's flags, in messages
 FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
@@ -253,9 +258,11 @@ def quiet_library_output() -> None:
 
 def cmd_prepare(args) -> int:
     from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # CONFIG_FIRST
+    quiet_library_output()
     from .data import prepare_data, summary
 
-    cfg = load_config(args.config, args.overrides)
     data = prepare_data(cfg)
     print(summary(data, cfg.block_size))
     return 0
@@ -263,11 +270,14 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
+
+    started = _process_start()
+    cfg = load_config(args.config, args.overrides)  # CONFIG_FIRST
+    quiet_library_output()
     from .report import ReportCallback, write_report
     from .training import WallClock, run_folder, train
 
-    clock = WallClock(since=_process_start())
-    cfg = load_config(args.config, args.overrides)
+    clock = WallClock(since=started)
     out = run_folder(cfg, args.output_dir)
     keeper = ReportCallback(out)
     try:

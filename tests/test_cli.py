@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import subprocess_env
+from conftest import REPO, subprocess_env
 
 CORPUS_CHARS = 120_000
 
@@ -146,6 +146,18 @@ def test_bad_settings_fail_with_one_line_and_exit_code_2_before_any_work(error_r
     assert not (work / "run").exists()  # nothing trained, nothing written
     assert not (work / "cache").exists()
     assert "done: " not in stdout
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_a_mistyped_setting_is_refused_before_torch_and_transformers_load(command, tmp_path):
+    """The config is read and checked first: a typo costs a user no library start-up (CONFIG_FIRST in cli.py)."""
+    code = ("import sys\nfrom llmkit.cli import main\n"
+            f"code = main([{command!r}, 'configs/quickstart.yaml', 'model.n_layers=2'])\n"
+            "print(code, sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.split() == ["2", "[]"], proc.stdout + proc.stderr[-3000:]
+    assert error_lines(proc.stderr) == ["llmkit: error: unknown key model.n_layers; did you mean model.n_layer?"]
 
 
 def test_resume_without_a_checkpoint_says_so(corpus, tmp_path):
