@@ -82,7 +82,7 @@ def check(mode: str, work: pathlib.Path, torch_spec: str, pytest_args: list[str]
         [python, "-c", "import importlib.metadata as m, json; "
                        f"print(json.dumps({{n: m.version(n) for n in {('torch', *COMPANIONS)!r}}}))"],
         capture_output=True, text=True, check=True).stdout)
-    rc = run([python, "-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider", *pytest_args], log, cwd=REPO)
+    rc = run([python, "-m", "pytest", "-m", "not slow", "-n", "2", "-q", "-p", "no:cacheprovider", *pytest_args], log, cwd=REPO)
     matches = SUMMARY.findall(log.read_text())
     summary = matches[-1][0].rstrip(", ") if matches else f"pytest exit {rc}"
     return {"mode": mode, "versions": versions, "result": summary, "ok": rc == 0, "log": str(log),

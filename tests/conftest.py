@@ -13,13 +13,31 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (the README's `-n 2`), the workers share the cores: each takes its share of threads, and so do the
+# llmkit processes it starts (OMP_NUM_THREADS is inherited), instead of every one spinning on all of them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 SHAKESPEARE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 SEEDS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The README's test command runs two pytest-xdist workers, each taking whole files (`--dist loadfile
+# --no-loadscope-reorder` in pyproject.toml) in collection order: the longest files are collected first, so that the
+# short ones fill in at the end rather than one long file running alone (seconds on 2 cores, two workers: test_hub
+# 300, test_readme 225, test_preference 140, then 120 to 65).
+LONGEST_FILES = ("test_hub.py", "test_readme.py", "test_preference.py", "test_serve.py", "test_cli.py",
+                 "test_reliability.py", "test_report.py", "test_finetune.py", "test_scaling.py", "test_instruct.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
 
 
 def fit_windows(model, ids: torch.Tensor, steps: int, batch: int, context: int, lr: float = 3e-3):
@@ -117,6 +135,21 @@ def shakespeare_head(shakespeare_path, tmp_path_factory):
 
 def llmkit_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "llmkit.cli", *map(str, args)]
+
+
+def llmkit_main(capfd, *args) -> tuple[int, str, str]:
+    """`llmkit ARGS` in-process through `llmkit.cli.main`: (exit code, stdout, stderr), captured at the file
+    descriptors so that anything a library prints counts. For what a command checks, decides and prints; the process
+    itself (start-up, signals, the environment a launcher sets) is tested with `llmkit_cmd` subprocesses."""
+    from llmkit.cli import main
+
+    capfd.readouterr()  # what came before is not this command's
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's own exit
+        code = exit_.code
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
 
 
 def read_json(path: pathlib.Path):

@@ -14,7 +14,14 @@ import subprocess
 
 import pytest
 import torch
-from conftest import assert_resumed_like_uninterrupted, kill_and_resume, llmkit_cmd, read_json, subprocess_env
+from conftest import (
+    assert_resumed_like_uninterrupted,
+    kill_and_resume,
+    llmkit_cmd,
+    llmkit_main,
+    read_json,
+    subprocess_env,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
@@ -176,27 +183,24 @@ def test_merge_writes_a_plain_model_with_the_adapters_logits(lora_run, work):
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr
 
 
-def test_generate_and_evaluate_take_an_adapter_run_or_a_base_with_adapter(lora_run, base_run, new_text, work):
+def test_generate_and_evaluate_take_an_adapter_run_or_a_base_with_adapter(lora_run, base_run, new_text, work, capfd):
     run, _ = lora_run
     common = ["--prompt", "The", "--seed", "0", "--temperature", "1", "--max-new-tokens", "24", "--device", "cpu",
               "--no-stream"]
-    direct = subprocess.run(llmkit_cmd("generate", run, *common), env=subprocess_env(), capture_output=True, text=True)
-    via_base = subprocess.run(llmkit_cmd("generate", base_run, "--adapter", run, *common), env=subprocess_env(),
-                              capture_output=True, text=True)
-    base_only = subprocess.run(llmkit_cmd("generate", base_run, *common), env=subprocess_env(), capture_output=True,
-                               text=True)
-    for proc in (direct, via_base, base_only):
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert direct.stdout == via_base.stdout and direct.stdout.startswith("The")
-    assert direct.stdout != base_only.stdout
-    table = subprocess.run(llmkit_cmd("evaluate", base_run, run, "--data", new_text, "--device", "cpu",
-                                      "--output", work / "eval.json"),
-                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert table.returncode == 0, table.stderr[-3000:]
+    direct = llmkit_main(capfd, "generate", run, *common)
+    via_base = llmkit_main(capfd, "generate", base_run, "--adapter", run, *common)
+    base_only = llmkit_main(capfd, "generate", base_run, *common)
+    for code, _, err in (direct, via_base, base_only):
+        assert code == 0, err[-3000:]
+    assert direct[1] == via_base[1] and direct[1].startswith("The")
+    assert direct[1] != base_only[1]
+    code, out, err = llmkit_main(capfd, "evaluate", base_run, run, "--data", new_text, "--device", "cpu",
+                                 "--output", work / "eval.json")
+    assert code == 0, err[-3000:]
     rows = json.loads((work / "eval.json").read_text())
     assert [r["model"] for r in rows] == [str(base_run), str(run)]
     assert rows[1]["loss"] < rows[0]["loss"] - 0.05
-    assert str(run) in table.stdout and str(base_run) in table.stdout
+    assert str(run) in out and str(base_run) in out
 
 
 def test_full_finetuning_continues_from_the_pretrained_weights_with_its_context_and_tokenizer(
@@ -284,19 +288,18 @@ def test_gpt2_fast_path_full_finetune_is_saved_as_gpt2(work, gpt2_base_run, new_
     (["model.n_positions=32"], "set data.block_size for shorter training blocks"),
     (["tokenizer.kind=bpe"], "needs its own tokenizer"),
 ])
-def test_bad_fine_tuning_settings_fail_with_one_line(base_run, new_text, tmp_path, overrides, message):
-    proc = subprocess.run(llmkit_cmd("train", *TUNE, f"model.from_pretrained={base_run}", f"data.source={new_text}",
-                                     f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=2", *overrides,
-                                     "--output-dir", tmp_path / "run"),
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("llmkit: error: ") and message in lines[0], proc.stderr[-3000:]
+def test_bad_fine_tuning_settings_fail_with_one_line(base_run, new_text, tmp_path, overrides, message, capfd):
+    code, _, err = llmkit_main(capfd, "train", *TUNE, f"model.from_pretrained={base_run}", f"data.source={new_text}",
+                               f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=2", *overrides,
+                               "--output-dir", tmp_path / "run")
+    assert code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("llmkit: error: ") and message in lines[0], err[-3000:]
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_adapters_without_their_base_or_on_another_base_fail_with_one_line(lora_run, work, tmp_path):
+def test_adapters_without_their_base_or_on_another_base_fail_with_one_line(lora_run, work, tmp_path, capfd):
     run, _ = lora_run
     orphan = tmp_path / "orphan"
     orphan.mkdir()
@@ -314,11 +317,10 @@ def test_adapters_without_their_base_or_on_another_base_fail_with_one_line(lora_
         "not an adapter": (["merge", other, tmp_path / "m"], "is not an adapter run"),
     }
     for case, (args, message) in cases.items():
-        proc = subprocess.run(llmkit_cmd(*args, *(["--device", "cpu"] if args[0] == "generate" else [])),
-                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
-        lines = [line for line in proc.stderr.splitlines() if line.strip() and "Loading weights" not in line]
-        assert proc.returncode == 2, (case, proc.stderr[-3000:])
-        assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, (case, proc.stderr)
+        code, _, err = llmkit_main(capfd, *args, *(["--device", "cpu"] if args[0] == "generate" else []))
+        lines = [line for line in err.splitlines() if line.strip() and "Loading weights" not in line]
+        assert code == 2, (case, err[-3000:])
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, (case, err)
     assert not (tmp_path / "m").exists()
 
 

@@ -5,11 +5,10 @@ refusals are one line; the Ollama Modelfile names the file, the template and the
 from __future__ import annotations
 
 import math
-import subprocess
 
 import pytest
 import torch
-from conftest import llmkit_cmd, subprocess_env, train_run
+from conftest import llmkit_main, train_run
 
 from llmkit.loading import load_model
 
@@ -112,7 +111,7 @@ def test_the_modelfile_names_the_file_the_template_the_stop_and_the_context(runs
     assert 'TEMPLATE """{{ .Prompt }}"""' in plain  # a text model continues the prompt
 
 
-def test_forms_and_vocabularies_gguf_cannot_state_are_refused_in_one_line(runs, tmp_path, shakespeare_head):
+def test_forms_and_vocabularies_gguf_cannot_state_are_refused_in_one_line(runs, tmp_path, shakespeare_head, capfd):
     corpus = shakespeare_head(20_000)
     cases = {
         "exact GELU on the GPT-2 form": ([], "model.activation_function=gelu_new"),
@@ -124,10 +123,9 @@ def test_forms_and_vocabularies_gguf_cannot_state_are_refused_in_one_line(runs, 
         train_run(run, [*[t for t in TINY if "max_steps" not in t], "training.max_steps=2", *extra,
                         f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}"])
         out = tmp_path / f"{run.name}-gguf"
-        proc = subprocess.run(llmkit_cmd("export", run, out, "--to", "gguf"), env=subprocess_env(),
-                              capture_output=True, text=True, timeout=300)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, proc.stderr[-2000:])
+        code, _, err = llmkit_main(capfd, "export", run, out, "--to", "gguf")
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (name, err[-2000:])
         assert lines[0].startswith("llmkit: error: --to gguf: ")
         assert not out.exists() and not list(tmp_path.glob(f".{out.name}.tmp-*"))
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import llmkit_cmd, read_json, subprocess_env
+from conftest import llmkit_cmd, llmkit_main, read_json, subprocess_env
 
 from llmkit.config import ConfigError, load_config
 from llmkit.data.instruct import DEFAULT_CHAT_TEMPLATE, encode, prepare_tokenizer
@@ -194,7 +194,7 @@ BAD_ROWS = {
 
 
 @pytest.mark.parametrize("case", BAD_ROWS)
-def test_bad_instruction_data_fails_with_one_line(case, base_run, tmp_path):
+def test_bad_instruction_data_fails_with_one_line(case, base_run, tmp_path, capfd):
     rows, message = BAD_ROWS[case]
     source = tmp_path / "rows.jsonl"
     source.write_text(rows)
@@ -203,12 +203,11 @@ def test_bad_instruction_data_fails_with_one_line(case, base_run, tmp_path):
         extra = ["data.chat_template={% for m in messages %}{{ m.content }{% endfor %}"]
     elif case == "template never ends the answer":
         extra = ["data.chat_template={% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"]
-    proc = subprocess.run(llmkit_cmd("train", *TUNE, f"model.from_pretrained={base_run}", "data.format=instruct",
-                                     f"data.source={source}", "data.val_ratio=0", f"data.cache_dir={tmp_path / 'c'}",
-                                     "training.max_steps=2", *extra, "--output-dir", tmp_path / "run"),
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    code, _, err = llmkit_main(capfd, "train", *TUNE, f"model.from_pretrained={base_run}", "data.format=instruct",
+                               f"data.source={source}", "data.val_ratio=0", f"data.cache_dir={tmp_path / 'c'}",
+                               "training.max_steps=2", *extra, "--output-dir", tmp_path / "run")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
     assert message in lines[0], lines[0]
     assert not (tmp_path / "run").exists()
 
@@ -251,18 +250,17 @@ def test_a_half_depth_student_learns_the_teacher_and_the_kl_falls(work, base_run
     ("char", "the student must use the teacher's tokenizer, not a new char one"),
     ("pretrained", "uses another tokenizer than the student"),
 ])
-def test_a_teacher_with_another_tokenizer_is_refused(base_run, teacher_corpus, tmp_path, tokenizer_setting, message):
+def test_a_teacher_with_another_tokenizer_is_refused(base_run, teacher_corpus, tmp_path, tokenizer_setting, message,
+                                                     capfd):
     other = tmp_path / "char_tokenizer"
     train_tokenizer("char", [teacher_corpus.read_text()[:5000]]).save_pretrained(other)
     setting = ["tokenizer.kind=char"] if tokenizer_setting == "char" else ["tokenizer.kind=pretrained",
                                                                              f"tokenizer.name_or_path={other}"]
-    proc = subprocess.run(llmkit_cmd("train", *[b for b in BASE if not b.startswith("tokenizer.")], *setting,
-                                     f"data.source={teacher_corpus}", f"data.cache_dir={tmp_path / 'c'}",
-                                     f"distill.teacher={base_run}", "training.max_steps=2",
-                                     "--output-dir", tmp_path / "run"),
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-3000:]
+    code, _, err = llmkit_main(capfd, "train", *[b for b in BASE if not b.startswith("tokenizer.")], *setting,
+                               f"data.source={teacher_corpus}", f"data.cache_dir={tmp_path / 'c'}",
+                               f"distill.teacher={base_run}", "training.max_steps=2", "--output-dir", tmp_path / "run")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err[-3000:]
     assert not (tmp_path / "c").exists() and not (tmp_path / "run").exists()  # refused before any work
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from conftest import llmkit_cmd, read_json, subprocess_env
+from conftest import llmkit_cmd, llmkit_main, read_json, subprocess_env
 
 from llmkit.config import ConfigError, load_config
 from llmkit.loading import load_model
@@ -250,26 +250,25 @@ BAD_ROWS = [({"prompt": "q?", "chosen": "a.", "rejected": "a."}, "chosen equals 
             ({"prompt": "word " * 400, "chosen": "a.", "rejected": "b."}, "a prompt too long for the context")]
 
 
-def test_unusable_rows_are_refused_in_one_line_or_dropped_and_counted(instruct_run, tmp_path):
+def test_unusable_rows_are_refused_in_one_line_or_dropped_and_counted(instruct_run, tmp_path, capfd):
     good = [{"prompt": f"What does f{i} do?", "chosen": f"It adds {i}.", "rejected": f"It removes {i}."}
             for i in range(40)]
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in [*good[:7], *(row for row, _ in BAD_ROWS), *good[7:]]))
     args = ["train", "--output-dir", tmp_path / "run", *TUNE, f"model.from_pretrained={instruct_run}",
             "data.format=preference", f"data.source={data}", "training.max_steps=2", "training.eval_steps=2"]
-    proc = subprocess.run(llmkit_cmd(*args), env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    code, _, err = llmkit_main(capfd, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-2000:]
     counts = "4 unusable preference row(s) (2 a missing or empty field, 1 chosen equals rejected, 1 a prompt too " \
              "long for the context)"
     assert counts in lines[0] and "row 7: chosen equals rejected" in lines[0] and "data.errors=ignore" in lines[0]
     assert not (tmp_path / "run").exists()
-    proc = subprocess.run(llmkit_cmd(*args, "data.errors=ignore"), env=subprocess_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code, out, err = llmkit_main(capfd, *args, "data.errors=ignore")
+    assert code == 0, err[-2000:]
     assert "preference rows dropped (data.errors=ignore): 2 a missing or empty field, 1 chosen equals rejected, " \
-           "1 a prompt too long for the context" in proc.stdout + proc.stderr
-    assert "Token indices sequence length" not in proc.stderr  # lengths are checked without the tokenizer's warning
+           "1 a prompt too long for the context" in out + err
+    assert "Token indices sequence length" not in err  # lengths are checked without the tokenizer's warning
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -284,11 +283,10 @@ def test_bad_preference_settings_are_one_line_errors(overrides, message):
         load_config(None, overrides)
 
 
-def test_the_cli_refuses_reference_without_the_preference_format(instruct_run):
-    proc = subprocess.run(llmkit_cmd("evaluate", instruct_run, "--data", "builtin", "--reference", instruct_run),
-                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "add --format preference" in proc.stderr
-    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
+def test_the_cli_refuses_reference_without_the_preference_format(instruct_run, capfd):
+    code, _, err = llmkit_main(capfd, "evaluate", instruct_run, "--data", "builtin", "--reference", instruct_run)
+    assert code == 2 and "add --format preference" in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
 
 
 def test_the_report_of_an_instruct_and_a_dpo_run_shows_each_kinds_own_metrics(full_dpo, instruct_run, tmp_path):
