@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import subprocess_env
+from conftest import llmkit_main, subprocess_env
 
 from llmkit.cli import main
 
@@ -170,16 +170,12 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, inputs, before, 
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a Hub request would say so
     args, message = case_list(inputs)[name]
     args = [a.replace("CACHE", str(tmp_path / "cache")).replace("OUT", str(tmp_path / "out")) for a in args]
-    try:
-        code = main(args)
-    except SystemExit as exit_:  # argparse's own exit
-        code = exit_.code
-    captured = capfd.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert code == 2, captured.err[-3000:]
-    assert len(lines) == 1, captured.err[-3000:]
+    code, out, err = llmkit_main(capfd, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert len(lines) == 1, err[-3000:]
     assert lines[0].startswith("llmkit: error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in captured.err + captured.out
+    assert "Traceback" not in err + out
     assert tree_hash(inputs) == before, "an input folder changed"
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "cache" not in p.parts]
     assert not written, written

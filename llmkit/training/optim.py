@@ -4,10 +4,10 @@
 Design choices:
 - `muon` is PyTorch's Muon update (`BatchedMuon`, below) on the hidden matrices (every 2-D weight inside the
   blocks) and AdamW on the rest (embeddings, the output head, norms, biases), as in the Muon paper and
-  modded-nanogpt. Each side has its
-  own learning rate and weight decay: AdamW takes `training.learning_rate`/`weight_decay` (decay on matrices only,
-  llmkit's rule), Muon takes `training.muon.{lr, momentum, weight_decay, nesterov, ns_steps, adjust_lr_fn}`.
-  The schedule (`lr_scheduler_type`) scales both.
+  modded-nanogpt. Each side has its own learning rate and weight decay: AdamW takes
+  `training.learning_rate`/`weight_decay` (decay on matrices only, llmkit's rule), Muon takes
+  `training.muon.{lr, momentum, weight_decay, nesterov, ns_steps, adjust_lr_fn}`. The schedule
+  (`lr_scheduler_type`) scales both.
 - It reaches the Trainer the supported way: a factory in `optimizer_cls_and_kwargs`, which the Trainer calls with
   the model. The two optimizers are one `torch.optim.Optimizer` to the Trainer (`MuonWithAdamW`: one list of param
   groups, one state, so the LR scheduler, gradient clipping and checkpoint save/resume see a single optimizer).
