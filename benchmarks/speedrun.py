@@ -56,7 +56,8 @@ BLOCK = 64
 MUON = ["training.optimizer=muon", "training.muon.lr=0.03"]
 WSD = ["training.lr_scheduler_type=warmup_stable_decay", "training.warmup_steps=10",
        "training.lr_scheduler_kwargs={}"]  # decays over the last 20% by default
-B24 = ["training.per_device_train_batch_size=24", "training.muon.lr=0.03"]  # the previous presets' batch and Muon lr
+# the previous presets' batch and Muon lr, in fp32 (as they ran: the preset's default is bf16 on CPUs with AMX now)
+B24 = ["training.per_device_train_batch_size=24", "training.muon.lr=0.03", "training.bf16=false"]
 OLD = [*B24, "training.learning_rate=2e-3", "training.max_steps=280",
        "training.lr_scheduler_kwargs={num_decay_steps: 140}"]
 B24_220 = [*B24, "training.max_steps=220", "training.lr_scheduler_kwargs={num_decay_steps: 110}",
@@ -79,7 +80,8 @@ LEVERS = [
     ("  untied head (alone, on the row above)", PRESET, [*B24_220, "model.tie_word_embeddings=false"]),
     ("  bf16 autocast (alone, on the row above)", PRESET, [*B24_220, "training.bf16=true"]),
     ("  torch.compile (alone, on the row above)", PRESET, [*B24_220, "training.torch_compile=true"]),
-    ("+ batch 12, 320 steps, Muon lr 0.04: the preset", PRESET, []),
+    ("+ batch 12, 320 steps, Muon lr 0.04 (the preset in fp32)", PRESET, ["training.bf16=false"]),
+    ("+ bf16 autocast, attention in fp32: the preset (its default on a CPU with AMX)", PRESET, []),
     ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                                 "training.learning_rate=3e-3"]),
 ]

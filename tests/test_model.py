@@ -289,6 +289,49 @@ def test_bf16_autocast_forward_and_backward_match_fp32(variant):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("variant", ["learned", "qk_norm"])
+def test_attention_trains_in_fp32_under_cpu_autocast_for_short_contexts(variant):
+    """Under CPU bf16 autocast, q, k and v reach the attention function in fp32 while training on fewer than
+    CPU_FP32_ATTENTION_BELOW tokens (PyTorch's bf16 attention backward is the slow one there), in bf16 without
+    gradients (the faster forward) and on longer contexts; the projections stay bf16 and no fallback warns."""
+    import warnings
+
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from llmkit.models.modeling_llmkit_gpt import CPU_FP32_ATTENTION_BELOW
+
+    seen = []
+
+    def recording_sdpa(module, query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+    AttentionInterface.register("llmkit_test_recording_sdpa", recording_sdpa)
+    kw = {"learned": {}, "qk_norm": dict(position_embedding_type="rotary", qk_norm=True)}[variant]
+    model = tiny(seed=8, n_positions=CPU_FP32_ATTENTION_BELOW, attn_implementation="llmkit_test_recording_sdpa",
+                 **kw).train()
+    projected = []
+    model.transformer.h[0].attn.c_proj.register_forward_hook(lambda m, i, o: projected.append(o.dtype))
+
+    def step(length: int, grad: bool) -> set:
+        seen.clear()
+        ids = torch.randint(0, SMALL["vocab_size"], (2, length))
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+            loss = model(ids, labels=ids).loss
+        if grad:
+            loss.backward()
+        return set(seen)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "Mismatch dtype ... Cannot dispatch to fused implementation"
+        assert step(16, grad=True) == {(torch.float32,) * 3 + (False,)}
+        assert projected[-1] == torch.bfloat16
+        assert step(16, grad=False) == {(torch.bfloat16,) * 3 + (True,)}
+        assert step(CPU_FP32_ATTENTION_BELOW, grad=True) == {(torch.bfloat16,) * 3 + (True,)}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.slow  # keeps the default suite under 15 minutes (it measured 15 min 57 s)
 def test_rotary_model_compiles_fullgraph_to_the_eager_result():
     """One graph (the model claims `_can_compile_fullgraph`), the eager numbers, no fallback warnings."""

@@ -354,17 +354,24 @@ def test_a_precision_the_user_picks_replaces_the_default_pair(setting, bf16, fp1
 
 def test_the_cpu_bf16_default_follows_the_measurements_on_record():
     """`cpu_bf16_pays` agrees with every clear result of benchmarks/cpu_precision.py (bf16 at least 5% faster or
-    slower than fp32), and the presets that measured one way get that way."""
+    slower than fp32) on both machines on record, one with AMX and one with AVX512-BF16 alone, and the presets
+    that measured one way get that way."""
     from llmkit.training.arguments import cpu_bf16_pays, expected_shape
 
-    rows = read_json(REPO / "benchmarks/results/cpu_precision.json")["rows"]
-    clear = [r for r in rows if abs(r["bf16_speedup"] - 1) > 0.05]
-    assert any(r["bf16_speedup"] > 1 for r in clear) and any(r["bf16_speedup"] < 1 for r in clear)
-    for r in clear:
-        assert cpu_bf16_pays(r["n_embd"], r["vocab"], r["n_head"]) == (r["bf16_speedup"] > 1), r
+    records = {name: read_json(REPO / "benchmarks/results" / name)
+               for name in ("cpu_precision.json", "cpu_precision_amd.json")}
+    amx = {name: "amx_tile" in record["machine"]["cpu_flags"] for name, record in records.items()}
+    assert amx == {"cpu_precision.json": True, "cpu_precision_amd.json": False}
+    for name, record in records.items():
+        clear = [r for r in record["rows"] if abs(r["bf16_speedup"] - 1) > 0.05]
+        assert len(clear) >= 10, name
+        for r in clear:
+            assert cpu_bf16_pays(r["n_embd"], r["vocab"], r["n_head"], amx=amx[name]) == (r["bf16_speedup"] > 1), r
+    assert any(r["bf16_speedup"] < 0.95 for r in records["cpu_precision_amd.json"]["rows"])
     shapes = {name: expected_shape(load_config(REPO / "configs" / f"{name}.yaml"))
               for name in ("quickstart", "tiny", "shakespeare-char-cpu", "shakespeare-char-speedrun", "small")}
     assert shapes["quickstart"] == (128, 2048, 4) and shapes["tiny"] == (128, 256, 2)  # read from the configs
-    assert {name: cpu_bf16_pays(*shape) for name, shape in shapes.items()} == {
+    assert {name: cpu_bf16_pays(*shape, amx=True) for name, shape in shapes.items()} == dict.fromkeys(shapes, True)
+    assert {name: cpu_bf16_pays(*shape, amx=False) for name, shape in shapes.items()} == {
         "quickstart": True, "tiny": True, "shakespeare-char-cpu": False, "shakespeare-char-speedrun": False,
         "small": True}

@@ -18,6 +18,11 @@ Design choices:
   output-capture hooks (`_can_record_outputs`), `return_dict=False` tuples (`can_return_tuple`), logits whenever
   the forward is asked for them. Every dropout is an `nn.Dropout` (attention's is read as a rate), so switches
   that zero `nn.Dropout.p` (TRL's `disable_dropout`) reach all of them.
+- Under bf16 autocast on a CPU, attention trains in fp32 for contexts below `CPU_FP32_ATTENTION_BELOW`: PyTorch's
+  CPU attention backward is slower in bf16 than in fp32 there (two to six times at contexts of 64 to 256,
+  benchmarks/cpu_precision.py), while the projections keep autocast's bf16 products. The QK-norm and the rotation
+  run in fp32 too, so nothing is cast back and forth. Inference (no gradient) keeps bf16 attention, which is the
+  faster forward.
 - Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
   `shift_labels` (already shifted targets) to score every position of a packed block. The training core asks
   for the chunked fused loss explicitly (`fused_loss=True`), which returns no logits.
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -47,6 +53,22 @@ from .chunked_loss import chunked_causal_lm_loss, logits_are_large
 from .configuration_llmkit_gpt import LlmkitGPTConfig
 from .decode_layout import cpu_decode_layout
 from .onednn import Linear
+
+# bf16 attention's backward on a CPU catches up with fp32's from about 512 tokens of context (heads of 64) to 1,024
+# (heads of 32): below this, training under CPU autocast computes attention in fp32 (see the module docstring)
+CPU_FP32_ATTENTION_BELOW = 512
+
+
+def _fp32_attention(x: torch.Tensor, context: int) -> bool:
+    """Whether this attention call trains in fp32 under CPU bf16 autocast (see CPU_FP32_ATTENTION_BELOW)."""
+    return (x.device.type == "cpu" and context < CPU_FP32_ATTENTION_BELOW and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu"))
+
+
+def _in_weight_dtype(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` with x in the norm's weight dtype: under autocast, bf16 activations meet fp32 scales, which
+    PyTorch's fused RMSNorm refuses (it falls back to the unfused ops, with a warning). The caller casts back."""
+    return norm(x.to(norm.weight.dtype))
 
 
 class LlmkitGPTRotaryEmbedding(LlamaRotaryEmbedding):
@@ -114,17 +136,21 @@ class LlmkitGPTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape
         qkv = self.c_attn(hidden_states)  # (B, T, 3C)
+        fp32_attention = _fp32_attention(qkv, T)
+        if fp32_attention:
+            qkv = qkv.float()
         if position_embeddings is None:
             # split then transpose (not one 5-d permute): its backward is a single cat, measurably cheaper on CPU
             query, key, value = (t.view(B, T, self.n_head, self.head_dim) for t in qkv.split(C, dim=2))
-            if self.qk_norm:
-                query, key = self.q_norm(query), self.k_norm(key)  # normalised over hs
+            if self.qk_norm:  # normalised over hs
+                query, key = (_in_weight_dtype(n, t).to(qkv.dtype) for n, t in ((self.q_norm, query), (self.k_norm, key)))
             query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
         else:  # rotary: q and k rotated together
             qk, value = qkv.split((2 * C, C), dim=2)
             qk = qk.view(B, T, 2 * self.n_head, self.head_dim)  # (B, T, 2nh, hs)
             if self.qk_norm:  # normalised over hs, before the rotation
-                qk = torch.cat((self.q_norm(qk[:, :, : self.n_head]), self.k_norm(qk[:, :, self.n_head :])), dim=2)
+                qk = torch.cat((_in_weight_dtype(self.q_norm, qk[:, :, : self.n_head]),
+                                _in_weight_dtype(self.k_norm, qk[:, :, self.n_head :])), dim=2)
             cos, sin = position_embeddings  # (B, T, 1, hs)
             qk = (qk * cos + rotate_half(qk) * sin).to(qkv.dtype)  # transformers' apply_rotary_pos_emb, q|k at once
             query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
@@ -136,16 +162,17 @@ class LlmkitGPTAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=self.attn_dropout.p if self.training else 0.0,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
+            attn_output, attn_weights = attention_interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=self.attn_dropout.p if self.training else 0.0,
+                scaling=self.scaling,
+                **kwargs,
+            )
         attn_output = attn_output.reshape(B, T, C)
         return self.resid_dropout(self.c_proj(attn_output)), attn_weights
 

@@ -64,17 +64,19 @@ def _default_report_to() -> str:
     return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
 
 
-# benchmarks/cpu_precision.py (results/cpu_precision.json): on a CPU with native bf16, autocast is faster at every
-# shape measured from width 256 up, with a 2,048-token vocabulary at any width, and with heads of 64 at width 128;
-# at width 128 with heads of 32 and a char vocabulary (68) it is slower, whatever the batch.
+# benchmarks/cpu_precision.py, on CPUs with native bf16. With AMX (results/cpu_precision.json, an Intel Xeon):
+# bf16 autocast trains faster at every shape measured, llmkit-gpt and GPT-2's code alike. With AVX512-BF16 alone
+# (results/cpu_precision_amd.json, an AMD EPYC, measured before llmkit-gpt's attention trained in fp32 under
+# autocast): faster from width 256 up, with a 2,048-token vocabulary at any width, and with heads of 64 at width
+# 128; slower at width 128 with heads of 32 and a char vocabulary (68), whatever the batch.
 CPU_BF16_MIN_WIDTH = 256
 CPU_BF16_MIN_VOCAB = 1024
 CPU_BF16_MIN_HEAD_DIM = 64
 
 
 def mixed_precision(n_embd: int | None = None, vocab_size: int | None = None, n_head: int | None = None) -> dict:
-    """bf16 autocast where the hardware computes in bf16 and it pays: CUDA (fp16 on GPUs without bf16), or a CPU
-    with AVX512-BF16 or AMX for a model at least CPU_BF16_MIN_WIDTH wide, or with at least CPU_BF16_MIN_VOCAB
+    """bf16 autocast where the hardware computes in bf16 and it pays: CUDA (fp16 on GPUs without bf16); a CPU with
+    AMX; a CPU with AVX512-BF16 for a model at least CPU_BF16_MIN_WIDTH wide, or with at least CPU_BF16_MIN_VOCAB
     tokens, or with heads of at least CPU_BF16_MIN_HEAD_DIM (an unknown size counts as large). Not on other
     accelerators (MPS, XPU, ...), nor on CPUs that would only emulate it. Weights, optimizer state and the loss
     stay fp32."""
@@ -89,12 +91,19 @@ def mixed_precision(n_embd: int | None = None, vocab_size: int | None = None, n_
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: torch.cpu's own capability checks."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return cpu_has_amx() or getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
 
 
-def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None) -> bool:
-    """Whether bf16 autocast trains this shape faster than fp32 on a CPU with native bf16 (see above)."""
+def cpu_has_amx() -> bool:
+    """AMX tiles (bf16 matrix units): torch.cpu's own capability check."""
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
+def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None, amx: bool | None = None) -> bool:
+    """Whether bf16 autocast trains this shape faster than fp32 on a CPU with native bf16, with AMX (`amx`, this
+    CPU's when None) or AVX512-BF16 alone (see above)."""
+    if cpu_has_amx() if amx is None else amx:
+        return True
     head_dim = n_embd // n_head if n_embd and n_head else None
     return any(size is None or size >= floor for size, floor in ((n_embd, CPU_BF16_MIN_WIDTH),
                                                                   (vocab_size, CPU_BF16_MIN_VOCAB),
@@ -102,8 +111,8 @@ def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None
 
 
 def expected_shape(cfg: Config) -> tuple[int | None, int | None, int | None]:
-    """(width, vocabulary, heads) of the model the run will train, from the resolved config (its sizes are the
-    pretrained model's or the scratch defaults) before the tokenizer exists; None where it cannot tell."""
+    """(width, vocabulary, heads) of the model the run will train, from the resolved config (its sizes
+    are the pretrained model's or the scratch defaults) before the tokenizer exists; None where it cannot tell."""
     m, t = cfg.model, cfg.tokenizer
     if t.kind == "pretrained":  # the vocabulary of the model whose tokenizer this is (a base, or a teacher)
         source = t.name_or_path or m.from_pretrained
