@@ -2,7 +2,7 @@
 (`training/arguments.py: mixed_precision`, `cpu_bf16_pays`).
 
 llmkit-gpt (4 layers, heads of 32 to 64, rotary positions; under CPU autocast its attention trains in fp32 below
-512 tokens of context) and GPT-2's own code (`GPT2LMHeadModel`, bf16 attention) at a few of the same shapes: a
+1,024 tokens of context) and GPT-2's own code (`GPT2LMHeadModel`, bf16 attention) at a few of the same shapes: a
 training step (forward, backward, fused AdamW), fp32 against bf16 autocast, alternating in this process; the
 better of two medians of `--iters` steps after warm-up. llmkit-gpt's shapes come in two families: a BPE
 vocabulary (2,048) on 8 x 256 tokens at widths 128 to 768, and a char vocabulary (68) on the nanoGPT CPU recipe's

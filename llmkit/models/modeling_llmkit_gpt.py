@@ -20,9 +20,9 @@ Design choices:
   that zero `nn.Dropout.p` (TRL's `disable_dropout`) reach all of them.
 - Under bf16 autocast on a CPU, attention trains in fp32 for contexts below `CPU_FP32_ATTENTION_BELOW`: PyTorch's
   CPU attention backward is slower in bf16 than in fp32 there (two to six times at contexts of 64 to 256,
-  benchmarks/cpu_precision.py), while the projections keep autocast's bf16 products. The QK-norm and the rotation
-  run in fp32 too, so nothing is cast back and forth. Inference (no gradient) keeps bf16 attention, which is the
-  faster forward.
+  benchmarks/cpu_attention.py; whole steps: benchmarks/cpu_precision.py), while the projections keep autocast's
+  bf16 products. The QK-norm and the rotation run in fp32 too, so nothing is cast back and forth. Inference (no
+  gradient) keeps bf16 attention, which is the faster forward.
 - Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
   `shift_labels` (already shifted targets) to score every position of a packed block. The training core asks
   for the chunked fused loss explicitly (`fused_loss=True`), which returns no logits.
@@ -54,9 +54,10 @@ from .configuration_llmkit_gpt import LlmkitGPTConfig
 from .decode_layout import cpu_decode_layout
 from .onednn import Linear
 
-# bf16 attention's backward on a CPU catches up with fp32's from about 512 tokens of context (heads of 64) to 1,024
-# (heads of 32): below this, training under CPU autocast computes attention in fp32 (see the module docstring)
-CPU_FP32_ATTENTION_BELOW = 512
+# bf16 attention's backward on a CPU catches up with fp32's at about 512 tokens of context with heads of 64 and
+# 1,024 with heads of 32, and passes it beyond (benchmarks/cpu_attention.py): below this, training under CPU
+# autocast computes attention in fp32 (see the module docstring)
+CPU_FP32_ATTENTION_BELOW = 1024
 
 
 def _fp32_attention(x: torch.Tensor, context: int) -> bool:
@@ -143,7 +144,8 @@ class LlmkitGPTAttention(nn.Module):
             # split then transpose (not one 5-d permute): its backward is a single cat, measurably cheaper on CPU
             query, key, value = (t.view(B, T, self.n_head, self.head_dim) for t in qkv.split(C, dim=2))
             if self.qk_norm:  # normalised over hs
-                query, key = (_in_weight_dtype(n, t).to(qkv.dtype) for n, t in ((self.q_norm, query), (self.k_norm, key)))
+                query = _in_weight_dtype(self.q_norm, query).to(qkv.dtype)
+                key = _in_weight_dtype(self.k_norm, key).to(qkv.dtype)
             query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
         else:  # rotary: q and k rotated together
             qk, value = qkv.split((2 * C, C), dim=2)
