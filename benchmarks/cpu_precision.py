@@ -43,6 +43,7 @@ def build(arch: str, width: int, heads: int, vocab: int, context: int):
 
 
 def step_fn(model, bf16: bool, vocab: int, batch: int, context: int):
+    model.train()  # llmkit-gpt's fp32 attention under autocast follows the training mode
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, vocab, (batch, context))
 

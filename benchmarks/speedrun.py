@@ -81,7 +81,7 @@ LEVERS = [
     ("  bf16 autocast (alone, on the row above)", PRESET, [*B24_220, "training.bf16=true"]),
     ("  torch.compile (alone, on the row above)", PRESET, [*B24_220, "training.torch_compile=true"]),
     ("+ batch 12, 320 steps, Muon lr 0.04 (the preset in fp32)", PRESET, ["training.bf16=false"]),
-    ("+ bf16 autocast, attention in fp32: the preset (its default on a CPU with AMX)", PRESET, []),
+    ("+ bf16 autocast, attention in fp32: the preset (its default on a CPU with AMX)", PRESET, ["training.bf16=true"]),
     ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                                 "training.learning_rate=3e-3"]),
 ]

@@ -289,11 +289,12 @@ def test_bf16_autocast_forward_and_backward_match_fp32(variant):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("variant", ["learned", "qk_norm"])
+@pytest.mark.parametrize("variant", ["learned", "learned_qk_norm", "rotary_qk_norm"])
 def test_attention_trains_in_fp32_under_cpu_autocast_for_short_contexts(variant):
-    """Under CPU bf16 autocast, q, k and v reach the attention function in fp32 while training on fewer than
-    CPU_FP32_ATTENTION_BELOW tokens (PyTorch's bf16 attention backward is the slow one there), in bf16 without
-    gradients (the faster forward) and on longer contexts; the projections stay bf16 and no fallback warns."""
+    """Under CPU bf16 autocast, q, k and v reach the attention function in fp32 in training mode on fewer than
+    CPU_FP32_ATTENTION_BELOW tokens (PyTorch's bf16 attention backward is the slow one there), with or without
+    gradients (reentrant checkpointing's first pass has none: its recomputation must take the same path); in bf16
+    in eval mode and on longer contexts. The projections stay bf16 and no fallback warns."""
     import warnings
 
     from transformers import AttentionInterface
@@ -308,14 +309,16 @@ def test_attention_trains_in_fp32_under_cpu_autocast_for_short_contexts(variant)
         return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
 
     AttentionInterface.register("llmkit_test_recording_sdpa", recording_sdpa)
-    kw = {"learned": {}, "qk_norm": dict(position_embedding_type="rotary", qk_norm=True)}[variant]
+    kw = {"learned": {}, "learned_qk_norm": dict(qk_norm=True),
+          "rotary_qk_norm": dict(position_embedding_type="rotary", qk_norm=True)}[variant]
     model = tiny(seed=8, n_positions=CPU_FP32_ATTENTION_BELOW, attn_implementation="llmkit_test_recording_sdpa",
-                 **kw).train()
+                 **kw)
     projected = []
     model.transformer.h[0].attn.c_proj.register_forward_hook(lambda m, i, o: projected.append(o.dtype))
 
-    def step(length: int, grad: bool) -> set:
+    def step(length: int, train: bool, grad: bool) -> set:
         seen.clear()
+        model.train(train)
         ids = torch.randint(0, SMALL["vocab_size"], (2, length))
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
             loss = model(ids, labels=ids).loss
@@ -323,12 +326,14 @@ def test_attention_trains_in_fp32_under_cpu_autocast_for_short_contexts(variant)
             loss.backward()
         return set(seen)
 
+    fp32, bf16 = {(torch.float32,) * 3 + (False,)}, {(torch.bfloat16,) * 3 + (True,)}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. torch's "Mismatch dtype ... Cannot dispatch to fused implementation"
-        assert step(16, grad=True) == {(torch.float32,) * 3 + (False,)}
+        assert step(16, train=True, grad=True) == fp32
         assert projected[-1] == torch.bfloat16
-        assert step(16, grad=False) == {(torch.bfloat16,) * 3 + (True,)}
-        assert step(CPU_FP32_ATTENTION_BELOW, grad=True) == {(torch.bfloat16,) * 3 + (True,)}
+        assert step(16, train=True, grad=False) == fp32
+        assert step(16, train=False, grad=False) == bf16
+        assert step(CPU_FP32_ATTENTION_BELOW, train=True, grad=True) == bf16
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 

@@ -19,10 +19,12 @@ Design choices:
   the forward is asked for them. Every dropout is an `nn.Dropout` (attention's is read as a rate), so switches
   that zero `nn.Dropout.p` (TRL's `disable_dropout`) reach all of them.
 - Under bf16 autocast on a CPU, attention trains in fp32 for contexts below `CPU_FP32_ATTENTION_BELOW`: PyTorch's
-  CPU attention backward is slower in bf16 than in fp32 there (two to six times at contexts of 64 to 256,
-  benchmarks/cpu_attention.py; whole steps: benchmarks/cpu_precision.py), while the projections keep autocast's
-  bf16 products. The QK-norm and the rotation run in fp32 too, so nothing is cast back and forth. Inference (no
-  gradient) keeps bf16 attention, which is the faster forward.
+  CPU attention backward is slower in bf16 than in fp32 there (two to six times at contexts of 64 to 256 with
+  heads of 32, benchmarks/cpu_attention.py; whole steps: benchmarks/cpu_precision.py), while the projections
+  keep autocast's bf16 products. The QK-norm and the rotation run in fp32 too, so nothing is cast back and forth.
+  The switch is the module's training mode (not whether gradients are on), so a checkpointed forward and its
+  recomputation agree; in eval mode, or with a KV cache, attention stays bf16, the faster forward. Logits of
+  the same weights under autocast therefore differ in train and eval mode by bf16's rounding (about 1e-3).
 - Loss comes from `self.loss_function` (labels shifted inside, -100 ignored); a collator may pass
   `shift_labels` (already shifted targets) to score every position of a packed block. The training core asks
   for the chunked fused loss explicitly (`fused_loss=True`), which returns no logits.
@@ -54,16 +56,18 @@ from .configuration_llmkit_gpt import LlmkitGPTConfig
 from .decode_layout import cpu_decode_layout
 from .onednn import Linear
 
-# bf16 attention's backward on a CPU catches up with fp32's at about 512 tokens of context with heads of 64 and
-# 1,024 with heads of 32, and passes it beyond (benchmarks/cpu_attention.py): below this, training under CPU
-# autocast computes attention in fp32 (see the module docstring)
+# bf16 attention's backward on a CPU is slower than fp32's below about 512 tokens of context with heads of 64, and
+# 1,024 with heads of 32 (benchmarks/cpu_attention.py): below this, training under CPU bf16 autocast computes
+# attention in fp32 (see the module docstring)
 CPU_FP32_ATTENTION_BELOW = 1024
 
 
-def _fp32_attention(x: torch.Tensor, context: int) -> bool:
-    """Whether this attention call trains in fp32 under CPU bf16 autocast (see CPU_FP32_ATTENTION_BELOW)."""
-    return (x.device.type == "cpu" and context < CPU_FP32_ATTENTION_BELOW and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu"))
+def _fp32_attention(module: nn.Module, x: torch.Tensor, context: int, cache: Cache | None) -> bool:
+    """Whether this attention call runs in fp32 under CPU bf16 autocast (see CPU_FP32_ATTENTION_BELOW): a module in
+    training mode without a cache, so that a forward and its recomputation (gradient checkpointing, reentrant or
+    not) take the same path, and a cache only ever sees one dtype."""
+    return (module.training and cache is None and x.device.type == "cpu" and context < CPU_FP32_ATTENTION_BELOW
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 def _in_weight_dtype(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +141,7 @@ class LlmkitGPTAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = hidden_states.shape
         qkv = self.c_attn(hidden_states)  # (B, T, 3C)
-        fp32_attention = _fp32_attention(qkv, T)
+        fp32_attention = _fp32_attention(self, qkv, T, cache)
         if fp32_attention:
             qkv = qkv.float()
         if position_embeddings is None:

@@ -102,7 +102,9 @@ def cpu_has_amx() -> bool:
 def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None, amx: bool | None = None) -> bool:
     """Whether bf16 autocast trains this shape faster than fp32 on a CPU with native bf16, with AMX (`amx`, this
     CPU's when None) or AVX512-BF16 alone (see above)."""
-    if cpu_has_amx() if amx is None else amx:
+    if amx is None:
+        amx = cpu_has_amx()
+    if amx:
         return True
     head_dim = n_embd // n_head if n_embd and n_head else None
     return any(size is None or size >= floor for size, floor in ((n_embd, CPU_BF16_MIN_WIDTH),
