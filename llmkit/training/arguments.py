@@ -113,8 +113,8 @@ def cpu_bf16_pays(n_embd: int | None, vocab_size: int | None, n_head: int | None
 
 
 def expected_shape(cfg: Config) -> tuple[int | None, int | None, int | None]:
-    """(width, vocabulary, heads) of the model the run will train, from the resolved config (its sizes
-    are the pretrained model's or the scratch defaults) before the tokenizer exists; None where it cannot tell."""
+    """(width, vocabulary, heads) of the model the run will train, from the resolved config (its sizes are the
+    pretrained model's or the scratch defaults) before the tokenizer exists; None where it cannot tell."""
     m, t = cfg.model, cfg.tokenizer
     if t.kind == "pretrained":  # the vocabulary of the model whose tokenizer this is (a base, or a teacher)
         source = t.name_or_path or m.from_pretrained
