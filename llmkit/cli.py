@@ -13,7 +13,8 @@ import argparse
 import json
 import os
 import sys
-import warnings
+
+from .loading import quiet_library_output
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
@@ -236,24 +237,6 @@ def _one_line(message: str, code: int) -> int:
 
         traceback.print_exc()
     return code
-
-
-def quiet_library_output() -> None:
-    """transformers' own progress bars ("Loading weights", "Writing model shards") say nothing to a user; the
-    Trainer's training bar and datasets' tokenizing bars stay, and the Hub's transfer bars on a terminal."""
-    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
-    from transformers.utils import logging
-
-    hub_bars = not are_progress_bars_disabled() and sys.stderr.isatty()
-    logging.disable_progress_bar()  # also turns the Hub's off
-    if hub_bars:
-        enable_progress_bars()
-    # peft 0.21 reads a property transformers renamed: a warning about library internals, not the user's input
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    # peft saves the grown embedding with an adapter, as llmkit intends, and says so at every save
-    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`", category=UserWarning)
-    # ... and, reloading such an adapter, does not find GPT-2's embedding name in its own list (the tie holds)
-    warnings.filterwarnings("ignore", message="You have requested `ensure_weight_tying`", category=UserWarning)
 
 
 def cmd_prepare(args) -> int:

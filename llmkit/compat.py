@@ -14,16 +14,22 @@ lower bounds. Bottom layer: it imports nothing of llmkit's.
 | `Trainer._load_from_checkpoint`, `Trainer._load_best_model` | training/workflow.py | a run killed while writing its final files |
 | `StopStringCriteria.clean_tokenizer_vocab` (overridden) | models/generation.py | a probe prefix char vocabularies can encode |
 | `huggingface_hub.utils._http.default_client_factory` | hub.py | the Hub client with a timeout on every request |
+| `transformers.cli.serving`: `ModelLoader` (subclassed), `ModelManager`, `build_server` | serve.py (directly: the one module that serves) | transformers' server, pinned to the model llmkit loads |
 """
 
 from __future__ import annotations
 
 import inspect
 
-CHECKED_AGAINST = {"torch": "2.13.0", "transformers": "5.24.0", "huggingface_hub": "2.4.0"}
+CHECKED_AGAINST = {"torch": "2.13.0", "transformers": "5.25.0", "huggingface_hub": "2.4.0"}
 
 TRAINER_OVERRIDES = {"_get_grad_norm": ("model", "grad_norm"), "_issue_warnings_after_load": ("load_result",)}
 TRAINER_CALLS = {"_load_from_checkpoint": ("resume_from_checkpoint",), "_load_best_model": ()}
+SERVING_LOADER = {"load_model_and_processor": ("model_id", "on_progress"), "load_config": ("model_id",),
+                  "load_processor": ("model_id",)}  # what llmkit serve's PinnedLoader overrides
+SERVING_CALLS = {"__init__": ("loader", "generation_state", "force_model")}  # ModelManager(...)
+SERVER_ARGS = ("model_manager", "chat_handler", "completion_handler", "response_handler", "transcription_handler",
+               "systemone_handler")
 
 
 def foreach_norm(tensors):
@@ -92,4 +98,14 @@ def check() -> list[str]:
         problems.append("huggingface_hub.utils._http is gone")
     else:
         needs(_http, "default_client_factory", (), "huggingface_hub.utils._http")
+    try:
+        from transformers.cli.serving import model_manager, server
+    except ImportError:
+        problems.append("transformers.cli.serving.model_manager or .server is gone")
+    else:
+        for name, params in SERVING_LOADER.items():
+            needs(getattr(model_manager, "ModelLoader", None), name, params, "transformers.cli.serving.ModelLoader")
+        for name, params in SERVING_CALLS.items():
+            needs(getattr(model_manager, "ModelManager", None), name, params, "transformers.cli.serving.ModelManager")
+        needs(server, "build_server", SERVER_ARGS, "transformers.cli.serving.server")
     return problems

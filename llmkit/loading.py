@@ -67,6 +67,27 @@ def _adapter_config(name: str, revision: str | None, stamp: tuple) -> dict | Non
         return None
 
 
+def quiet_library_output() -> None:
+    """For every command and the model process of `llmkit serve`: transformers' own progress bars ("Loading weights", "Writing model shards") say nothing to a user; the
+    Trainer's training bar and datasets' tokenizing bars stay, and the Hub's transfer bars on a terminal."""
+    import sys
+    import warnings
+
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    hub_bars = not are_progress_bars_disabled() and sys.stderr.isatty()
+    logging.disable_progress_bar()  # also turns the Hub's off
+    if hub_bars:
+        enable_progress_bars()
+    # peft 0.21 reads a property transformers renamed: a warning about library internals, not the user's input
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # peft saves the grown embedding with an adapter, as llmkit intends, and says so at every save
+    warnings.filterwarnings("ignore", message="Setting `save_embedding_layers` to `True`", category=UserWarning)
+    # ... and, reloading such an adapter, does not find GPT-2's embedding name in its own list (the tie holds)
+    warnings.filterwarnings("ignore", message="You have requested `ensure_weight_tying`", category=UserWarning)
+
+
 def check_exists(name: str, what: str | None = None) -> None:
     """A name that can only be a local path (absolute, `./`, `~`, more than one `/`, or under a folder that exists
     here) and does not exist is reported at once, not after the Hub client's retries."""

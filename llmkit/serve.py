@@ -4,9 +4,14 @@ Design choices:
 - transformers' serving app (`transformers.cli.serving`: `build_server`, its `ChatCompletionHandler` and
   `CompletionHandler`, streaming over SSE, stop strings, seeds, the inference thread, cancelling a generation
   whose client went away) serves the routes: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
-  `/health`. llmkit supplies the model, loaded as every llmkit command loads one (`llmkit.loading.load_model`:
-  a run, an adapter run (merged into its base), an exported folder or a Hub id, with the run's generation
-  config and chat template), through a model manager pinned to it.
+  `/health`. The model runs in a process of its own, as transformers runs every served model (its
+  `ModelManager` and `EngineClient`): llmkit pins the manager to one model and gives it a loader (`PinnedLoader`)
+  that loads it as every llmkit command loads one (`llmkit.loading.load_model`: a run, an adapter run (merged into
+  its base), an exported folder or a Hub id, with the run's generation config and chat template).
+- The server loads the model once itself before anything starts, so that a missing model or a bad adapter is one
+  line and exit code 2, then keeps only its config, generation config and tokenizer (the request checks and
+  transformers' handlers read them); the model's process loads the weights again (from the page cache). A model
+  process that dies stops the server, with one line and exit code 1, as `transformers serve` stops.
 - Every request is checked before transformers sees it, so a bad one is a 4xx with an OpenAI-style error body
   (`{"error": {"message", "type", "param", "code"}}`), never a 500 or a traceback: malformed JSON, fields of the
   wrong type, an unknown model name, an empty message list, `n` other than 1, a prompt that does not fit the
@@ -23,8 +28,8 @@ Design choices:
   without `Authorization: Bearer KEY` a 401 (except `/health` and the page, which asks for the key). `trust_remote_code` stays off. A port in use, a missing model or a
   bad adapter is one line and exit code 2 before anything starts; SIGINT and SIGTERM stop the server cleanly
   (uvicorn's shutdown) with exit code 0.
-- One generation at a time, on transformers' inference thread (its continuous batching needs an accelerator's
-  paged attention): concurrent clients queue, and each gets the text it would get alone.
+- One generation at a time, on the model process's generation thread (transformers' continuous batching needs an
+  accelerator's paged attention): concurrent clients queue, and each gets the text it would get alone.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ import signal
 import socket
 from typing import Any
 
-from .errors import ConfigError, EnvironmentFault
+from transformers.cli.serving.model_manager import ModelLoader
+
+from .errors import ConfigError, EnvironmentFault, first_line
 from .models.generation import context_length
 
 HOST, PORT = "127.0.0.1", 8000
@@ -92,12 +99,12 @@ _TYPES = {
 
 
 class RequestChecks:
-    """The checks of one served model (its name, tokenizer and context) on request bodies, in place: the
+    """The checks of one served model (its name, config and tokenizer) on request bodies, in place: the
     defaults llmkit fills in are written into the body transformers then reads."""
 
-    def __init__(self, name: str, model, tokenizer):
-        self.name, self.model, self.tokenizer = name, model, tokenizer
-        self.context = context_length(model)
+    def __init__(self, name: str, config, tokenizer):
+        self.name, self.tokenizer = name, tokenizer
+        self.context = context_length(config)
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
 
     def common(self, body: Any) -> None:
@@ -174,8 +181,45 @@ class RequestChecks:
         self.fit(body, len(self.tokenizer(prompt)["input_ids"]))
 
 
-def build_app(name: str, model, tokenizer, *, api_key: str | None = None):
-    """The FastAPI app: transformers' server with llmkit's model manager, request checks and errors."""
+class PinnedLoader(ModelLoader):
+    """transformers' model loader, pinned to the one model llmkit serves. The model's process (transformers runs each
+    model in a process of its own) loads it as every llmkit command does (`llmkit.loading.load_model`: a run, an
+    adapter run merged into its base, an exported folder or a Hub id); the API server reads the config, generation
+    config and tokenizer llmkit loaded here, which stay in this process (they are not pickled to the model's)."""
+
+    _LOCAL = ("_config", "_generation_config", "_tokenizer")
+
+    def __init__(self, name: str, adapter: str | None, device: str | None, *, config, generation_config, tokenizer):
+        super().__init__(device=device or "auto", dtype="auto")
+        self.name, self.adapter, self.llmkit_device = name, adapter, device
+        self._config, self._generation_config, self._tokenizer = config, generation_config, tokenizer
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key not in self._LOCAL}
+
+    def load_model_and_processor(self, model_id: str, on_progress=None):
+        from .loading import load_model, quiet_library_output
+
+        quiet_library_output()  # the model's process says what the server says: nothing, unless it goes wrong
+        # tqdm's lock (peft's merge makes a bar, disabled or not) as a thread lock: its default, a multiprocessing
+        # semaphore, outlives this process, which the server stops with SIGTERM (a "leaked semaphore" warning)
+        import threading
+
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+        return load_model(self.name, adapter=self.adapter, device=self.llmkit_device, merge=True)
+
+    def load_config(self, model_id: str):
+        return self._config, self._generation_config
+
+    def load_processor(self, model_id: str):
+        return self._tokenizer
+
+
+def build_app(name: str, loader: PinnedLoader, *, api_key: str | None = None):
+    """The FastAPI app: transformers' server with llmkit's model manager, request checks and errors. The model's
+    process starts here, and is loaded when this returns (`app.state.models` is the manager)."""
     from fastapi import Request
     from fastapi.exceptions import HTTPException, RequestValidationError
     from fastapi.responses import JSONResponse
@@ -188,20 +232,11 @@ def build_app(name: str, model, tokenizer, *, api_key: str | None = None):
     from transformers.cli.serving.transcription import TranscriptionHandler
     from transformers.cli.serving.utils import GenerationState
 
-    checks = RequestChecks(name, model, tokenizer)
+    config, _ = loader.load_config(name)
+    checks = RequestChecks(name, config, loader.load_processor(name))
 
     class Manager(ModelManager):
         """Pinned to the model llmkit loaded (a run, adapter run, exported folder or Hub id)."""
-
-        def _load_processor(self, model_id_and_revision, gguf_file=None):
-            return tokenizer
-
-        def _load_model(self, model_id_and_revision, tqdm_class=None, progress_callback=None, gguf_file=None):
-            return model
-
-        @staticmethod
-        def process_model_name(model_id: str) -> str:
-            return model_id
 
         def list_models(self, cache_dir=None) -> list[dict]:
             return [{"id": name, "object": "model", "created": 0, "owned_by": "llmkit",
@@ -217,14 +252,14 @@ def build_app(name: str, model, tokenizer, *, api_key: str | None = None):
             checks.completion(body)
             return await super().handle_request(body, request_id)
 
-    manager = Manager(device=str(model.device), dtype="auto", force_model=name)
     state = GenerationState(continuous_batching=False)
+    manager = Manager(loader, state, force_model=name)
     app = build_server(manager, Chat(model_manager=manager, generation_state=state),
                        completion_handler=Completion(model_manager=manager, generation_state=state),
                        response_handler=ResponseHandler(model_manager=manager, generation_state=state),
-                       transcription_handler=TranscriptionHandler(manager, state),
-                       systemone_handler=SystemOneHandler(model_manager=manager, generation_state=state),
-                       generation_state=state)
+                       transcription_handler=TranscriptionHandler(manager),
+                       systemone_handler=SystemOneHandler(model_manager=manager, generation_state=state))
+    app.state.models = manager
 
     @app.exception_handler(OpenAIError)
     async def _refused(_request: Request, err: OpenAIError):
@@ -282,7 +317,9 @@ def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int 
     check_port(host, port)
     from .loading import load_model
 
-    model, tokenizer = load_model(name, adapter=adapter, device=device, merge=True)
+    model, tokenizer = load_model(name, adapter=adapter, device=device, merge=True)  # every error: one line, here
+    config, generation_config = model.config, model.generation_config
+    del model  # transformers' model process loads its own (the same files, from the page cache)
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -298,15 +335,32 @@ def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int 
                     signal.signal(sig, handler)
 
     served = f"{name}+{adapter}" if adapter else name
-    app = build_app(served, model, tokenizer, api_key=api_key or os.environ.get("LLMKIT_API_KEY") or None)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-    server = Server(config)
-    log(f"serving {served} on http://{host}:{port}/v1 (OpenAI-compatible; context {context_length(model)} tokens"
+    loader = PinnedLoader(name, adapter, device, config=config, generation_config=generation_config,
+                          tokenizer=tokenizer)
+    try:
+        app = build_app(served, loader, api_key=api_key or os.environ.get("LLMKIT_API_KEY") or None)
+    except RuntimeError as err:  # the model's process failed to load what this process just loaded
+        raise EnvironmentFault(f"the model's process did not start: {first_line(err)}") from None
+    models = app.state.models
+
+    async def stop_if_the_model_died() -> None:  # as `transformers serve`: a dead model process stops the server
+        if models.is_dead:
+            server.should_exit = True
+
+    settings = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                              callback_notify=stop_if_the_model_died, timeout_notify=5)
+    server = Server(settings)
+    log(f"serving {served} on http://{host}:{port}/v1 (OpenAI-compatible; context {context_length(config)} tokens"
         f"{', chat' if getattr(tokenizer, 'chat_template', None) else ', completions only'})")
     try:
         server.run()
     except OSError as err:  # the port was taken between the check and the bind
         raise EnvironmentFault(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    finally:
+        models.shutdown()
     if not server.started:
         raise EnvironmentFault(f"the server on {host}:{port} did not start; see the lines above")
+    dead = [engine.fatal_error for engine in models.engines.values() if engine.is_dead]
+    if dead:
+        raise EnvironmentFault(f"the model's process stopped ({dead[0]}); start the server again")
     return 0

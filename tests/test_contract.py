@@ -321,13 +321,14 @@ def test_every_import_order_loads_a_run_and_registers_with_peft(order, saved_run
 def test_transformers_serve_model_manager_loads_a_run(saved_run):
     """`transformers serve` loads by class name (`getattr(transformers, config.architectures[0])`)."""
     import transformers
-    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.model_manager import ModelLoader
 
     import llmkit  # noqa: F401
 
     assert transformers.LlmkitGPTForCausalLM is LlmkitGPTForCausalLM
-    model = ModelManager(device="cpu", dtype="auto")._load_model(str(saved_run))
+    model, tokenizer = ModelLoader(device="cpu", dtype="auto").load_model_and_processor(str(saved_run))
     assert isinstance(model, LlmkitGPTForCausalLM)
+    assert tokenizer.decode(tokenizer("to be, or not")["input_ids"]) == "to be, or not"
 
 
 def test_per_document_evaluation_equals_lm_evaluation_harness_at_its_defaults(saved_run):

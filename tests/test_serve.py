@@ -10,6 +10,7 @@ clients each get their own answer, and the refusals before start and the exits o
 from __future__ import annotations
 
 import json
+import pathlib
 import signal
 import socket
 import subprocess
@@ -97,7 +98,7 @@ def servers(runs):
     for name, server in started.items():
         code, stderr = server.stop(signal.SIGTERM)
         assert code == 0, (name, stderr[-3000:])
-        assert "Traceback" not in stderr, (name, stderr[-3000:])
+        assert "Traceback" not in stderr and "Warning" not in stderr, (name, stderr[-3000:])  # the model process too
 
 
 def generate_greedy(run, prompt: str, n: int, chat: bool = False) -> str:
@@ -227,8 +228,9 @@ def test_a_client_that_leaves_mid_stream_does_not_stop_the_server(servers, runs)
     assert server.proc.poll() is None
 
 
-def test_an_api_key_is_required_when_set_and_sigint_stops_the_server_with_exit_0(runs):
+def test_an_api_key_is_required_when_set_and_sigint_stops_the_server_and_its_model_process_with_exit_0(runs):
     server = Server(str(runs["text"]), env={"LLMKIT_API_KEY": "sk-local-test"})
+    model = model_process(server)
     try:
         with pytest.raises(openai.AuthenticationError):
             server.client("wrong").completions.create(model=str(runs["text"]), prompt="x", max_tokens=2)
@@ -240,6 +242,42 @@ def test_an_api_key_is_required_when_set_and_sigint_stops_the_server_with_exit_0
         code, stderr = server.stop(signal.SIGINT)
     assert code == 0, stderr[-3000:]
     assert "sk-local-test" not in stderr
+    deadline = time.monotonic() + 10
+    while running(model):
+        assert time.monotonic() < deadline, "the model's process outlived the server"
+        time.sleep(0.1)
+
+
+def model_process(server) -> int:
+    """The pid of the process transformers runs the served model in: the server's child."""
+    children = {int(pid) for task in pathlib.Path(f"/proc/{server.proc.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()}
+    (python,) = [pid for pid in children if "multiprocessing" in pathlib.Path(f"/proc/{pid}/cmdline").read_text()
+                 and "resource_tracker" not in pathlib.Path(f"/proc/{pid}/cmdline").read_text()]
+    return python
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_a_model_process_that_dies_stops_the_server_with_one_line_and_exit_1(runs):
+    import os
+
+    server = Server(str(runs["text"]))
+    try:
+        _still_serves(server, runs)
+        os.kill(model_process(server), signal.SIGKILL)
+        _, stderr = server.proc.communicate(timeout=60)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    assert server.proc.returncode == 1, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("llmkit: error: the model's process stopped ("), stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
 
 
 # --- refused before anything starts --------------------------------------------------------------------------

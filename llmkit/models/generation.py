@@ -33,7 +33,8 @@ from .modeling_llmkit_gpt import LlmkitGPTPreTrainedModel
 
 
 def context_length(model) -> int:
-    config = model.config
+    """The tokens a model (or its config) takes at once."""
+    config = getattr(model, "config", model)
     return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 1024))
 
 
