@@ -102,7 +102,7 @@ def prepare_once(work: pathlib.Path, configs) -> None:
                        cwd=work, check=True, capture_output=True)
 
 
-GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "model.n_layer=6",
+GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "model.qk_norm=false", "model.n_layer=6",
              "model.n_head=6", "model.n_embd=384", "model.n_positions=256", "training.max_steps=300",
              "training.eval_steps=300", "sample.max_new_tokens=0"]
 
@@ -110,7 +110,7 @@ GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function
 def gpt2_form_run(folder: pathlib.Path) -> pathlib.Path:
     """A run in the form with stock equivalents (GPT-2: learned positions, tanh GELU; nanoGPT's baby-GPT shape,
     6/6/384, a 256-token context), trained briefly on the built-in corpus: what the serving and GGUF benchmarks
-    export (`--to gpt2`, `--to gguf`). `folder` as it is, or trained there first (about a minute)."""
+    export (`--to gpt2`, `--to gguf`). `folder` as it is, or trained there first (about five minutes)."""
     import os
     import subprocess
     import sys

@@ -64,7 +64,8 @@ def start(command: list[str], port: int, log: pathlib.Path) -> subprocess.Popen:
 
 def stream_once(port: int, model: str, max_tokens: int) -> dict:
     """One streamed greedy completion: time to first token, end time, text and the server's token count."""
-    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}  # the last chunk: the server's token count
     start_t = time.perf_counter()
     first = None
     text, tokens = [], None

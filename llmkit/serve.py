@@ -11,7 +11,9 @@ Design choices:
 - The server loads the model once itself before anything starts, so that a missing model or a bad adapter is one
   line and exit code 2, then keeps only its config, generation config and tokenizer (the request checks and
   transformers' handlers read them); the model's process loads the weights again (from the page cache). A model
-  process that dies stops the server, with one line and exit code 1, as `transformers serve` stops.
+  process that dies stops the server, with one line and exit code 1, as `transformers serve` stops. That process
+  only generates, so an llmkit-gpt model keeps its CPU decoding layout there for good (`keep_cpu_decode_layout`):
+  its generate() would otherwise copy the linear weights at every request, a first-token delay.
 - Every request is checked before transformers sees it, so a bad one is a 4xx with an OpenAI-style error body
   (`{"error": {"message", "type", "param", "code"}}`), never a 500 or a traceback: malformed JSON, fields of the
   wrong type, an unknown model name, an empty message list, `n` other than 1, a prompt that does not fit the
@@ -199,6 +201,8 @@ class PinnedLoader(ModelLoader):
 
     def load_model_and_processor(self, model_id: str, on_progress=None):
         from .loading import load_model, quiet_library_output
+        from .models.decode_layout import keep_cpu_decode_layout
+        from .models.modeling_llmkit_gpt import LlmkitGPTPreTrainedModel
 
         quiet_library_output()  # the model's process says what the server says: nothing, unless it goes wrong
         # tqdm's lock (peft's merge makes a bar, disabled or not) as a thread lock: its default, a multiprocessing
@@ -208,7 +212,10 @@ class PinnedLoader(ModelLoader):
         from tqdm import tqdm
 
         tqdm.set_lock(threading.RLock())
-        return load_model(self.name, adapter=self.adapter, device=self.llmkit_device, merge=True)
+        model, tokenizer = load_model(self.name, adapter=self.adapter, device=self.llmkit_device, merge=True)
+        if isinstance(model, LlmkitGPTPreTrainedModel):  # its generate() would swap the layout at every request
+            keep_cpu_decode_layout(model)
+        return model, tokenizer
 
     def load_config(self, model_id: str):
         return self._config, self._generation_config

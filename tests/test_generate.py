@@ -244,3 +244,28 @@ def test_decoding_layout_is_restored_after_concurrent_and_failing_calls(tok):
         model.generate(prompt, max_new_tokens=5, num_beams=2, num_return_sequences=3, pad_token_id=tok.pad_token_id)
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_a_kept_decoding_layout_swaps_once_and_generates_the_same(tok):
+    """`keep_cpu_decode_layout` (llmkit serve's model process): the (in, out) layout for good, each weight held
+    once; later generate() calls swap nothing and decode exactly as the per-call swap does."""
+    from llmkit.models.decode_layout import keep_cpu_decode_layout
+
+    if not torch.backends.mkl.is_available():
+        pytest.skip("the layout applies to MKL builds only")
+    model = make_model(tok, seed=9)
+    prompt = torch.tensor([tok("abc", add_special_tokens=False)["input_ids"]])
+    settings = dict(max_new_tokens=16, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                    pad_token_id=tok.pad_token_id)
+    swapped_per_call = model.generate(prompt, **settings)
+    keep_cpu_decode_layout(model)
+    fc = model.transformer.h[0].mlp.c_fc.weight
+    kept = (fc.data_ptr(), fc.stride())
+    assert not fc.is_contiguous() and fc.stride() == (1, model.config.n_inner)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    out = model.generate(prompt, **settings)
+    assert (fc.data_ptr(), fc.stride()) == kept  # nothing swapped back, nothing copied again
+    assert model._decode_layout_swapped == []  # no originals held
+    assert torch.equal(out.sequences, swapped_per_call.sequences)
+    for a, b in zip(out.scores, swapped_per_call.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

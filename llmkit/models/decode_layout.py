@@ -46,6 +46,17 @@ def cpu_decode_layout(model: nn.Module):
             _restore(model)
 
 
+def keep_cpu_decode_layout(model: nn.Module) -> None:
+    """The (in, out) layout for good, without the originals: for a process that only generates (`llmkit serve`'s
+    model process), which then pays the copy once instead of at every generate() call, and holds each weight once.
+    Such a model cannot be saved (safetensors takes contiguous tensors only). Each generate() then swaps nothing."""
+    if not torch.backends.mkl.is_available():
+        return
+    with _lock:
+        if getattr(model, "_decode_layout_depth", 0) == 0:
+            _swap(model, [])  # the originals are not kept
+
+
 def _swap(model: nn.Module, swapped: list) -> None:
     seen: set[int] = set()  # a tied lm_head shares its Parameter with the embedding: swap it once
     with torch.no_grad():
