@@ -27,7 +27,8 @@ TRAINER_OVERRIDES = {"_get_grad_norm": ("model", "grad_norm"), "_issue_warnings_
 TRAINER_CALLS = {"_load_from_checkpoint": ("resume_from_checkpoint",), "_load_best_model": ()}
 SERVING_LOADER = {"load_model_and_processor": ("model_id", "on_progress"), "load_config": ("model_id",),
                   "load_processor": ("model_id",)}  # what llmkit serve's PinnedLoader overrides
-SERVING_CALLS = {"__init__": ("loader", "generation_state", "force_model")}  # ModelManager(...)
+SERVING_CALLS = {"__init__": ("loader", "generation_state", "force_model"),  # ModelManager(...)
+                 "shutdown": (), "get_engine": ("model",)}  # and its `is_dead` (its engines' `is_dead`, `fatal_error`)
 SERVER_ARGS = ("model_manager", "chat_handler", "completion_handler", "response_handler", "transcription_handler",
                "systemone_handler")
 
@@ -108,4 +109,6 @@ def check() -> list[str]:
         for name, params in SERVING_CALLS.items():
             needs(getattr(model_manager, "ModelManager", None), name, params, "transformers.cli.serving.ModelManager")
         needs(server, "build_server", SERVER_ARGS, "transformers.cli.serving.server")
+        if not isinstance(getattr(getattr(model_manager, "ModelManager", None), "is_dead", None), property):
+            problems.append("transformers.cli.serving.ModelManager.is_dead is no longer a property")
     return problems

@@ -212,12 +212,12 @@ def load_model(name: str, *, adapter: str | None = None, device: str | None = No
         if merge:  # a plain model, as from_pretrained gives one: peft's frozen flags on the base weights go
             model = model.merge_and_unload().requires_grad_(True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    _check_device(device)
+    check_device(device)
     model = model.to(device)
     return (model if trainable else model.eval()), tokenizer
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     """A device this machine does not have is the user's input (one line, exit 2), not a library's RuntimeError."""
     import torch
 

@@ -28,8 +28,9 @@ Design choices:
   get a 400 that says so. An empty completion prompt starts from the EOS token, as `llmkit generate` does.
 - Binds 127.0.0.1 unless `--host` says otherwise; `--api-key KEY` (or `LLMKIT_API_KEY`) makes every request
   without `Authorization: Bearer KEY` a 401 (except `/health` and the page, which asks for the key). `trust_remote_code` stays off. A port in use, a missing model or a
-  bad adapter is one line and exit code 2 before anything starts; SIGINT and SIGTERM stop the server cleanly
-  (uvicorn's shutdown) with exit code 0.
+  bad adapter is one line and exit code 2 before anything starts; once it serves, SIGINT and SIGTERM stop the
+  server and its model process cleanly (uvicorn's shutdown) with exit code 0. transformers' `/load_model` and
+  `/reset` routes are not served (one pinned model).
 - One generation at a time, on the model process's generation thread (transformers' continuous batching needs an
   accelerator's paged attention): concurrent clients queue, and each gets the text it would get alone.
 """
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -228,8 +230,9 @@ def build_app(name: str, loader: PinnedLoader, *, api_key: str | None = None):
     """The FastAPI app: transformers' server with llmkit's model manager, request checks and errors. The model's
     process starts here, and is loaded when this returns (`app.state.models` is the manager)."""
     from fastapi import Request
-    from fastapi.exceptions import HTTPException, RequestValidationError
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException  # fastapi's and the router's own (an unknown path: 404)
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.model_manager import ModelManager
@@ -267,6 +270,10 @@ def build_app(name: str, loader: PinnedLoader, *, api_key: str | None = None):
                        transcription_handler=TranscriptionHandler(manager),
                        systemone_handler=SystemOneHandler(model_manager=manager, generation_state=state))
     app.state.models = manager
+    # one pinned model: no loading of others (`/load_model`), and no `/reset`, which would stop its process for the
+    # next request to wait for a new one
+    app.router.routes = [route for route in app.router.routes
+                         if getattr(route, "path", None) not in ("/load_model", "/reset")]
 
     @app.exception_handler(OpenAIError)
     async def _refused(_request: Request, err: OpenAIError):
@@ -289,8 +296,6 @@ def build_app(name: str, loader: PinnedLoader, *, api_key: str | None = None):
 
     @app.exception_handler(Exception)
     async def _fault(_request: Request, err: Exception):  # a bug: said in one line, the server goes on
-        from .errors import first_line
-
         return JSONResponse(OpenAIError(500, f"the server failed on this request: {first_line(err)}",
                                         kind="server_error").body(), status_code=500)
 
@@ -319,14 +324,19 @@ def build_app(name: str, loader: PinnedLoader, *, api_key: str | None = None):
 
 def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int = PORT, api_key: str | None = None,
           device: str | None = None, log=print) -> int:
-    """Load `name` (and `adapter`) and serve it until SIGINT or SIGTERM. Returns the exit code (0)."""
+    """Load `name` (and `adapter`) and serve it until SIGINT or SIGTERM. Returns the exit code (0). The model's
+    process is spawned: a script calling this runs it under `if __name__ == "__main__":`."""
     check_serving_installed()
     check_port(host, port)
-    from .loading import load_model
+    from .loading import check_device, load_model
 
-    model, tokenizer = load_model(name, adapter=adapter, device=device, merge=True)  # every error: one line, here
+    if device:
+        check_device(device)
+    # loaded here once on the CPU (every error: one line, exit 2), for its config, generation config and tokenizer;
+    # transformers' model process loads its own on the device (the same files, from the page cache)
+    model, tokenizer = load_model(name, adapter=adapter, device="cpu", merge=True)
     config, generation_config = model.config, model.generation_config
-    del model  # transformers' model process loads its own (the same files, from the page cache)
+    del model
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -349,9 +359,15 @@ def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int 
     except RuntimeError as err:  # the model's process failed to load what this process just loaded
         raise EnvironmentFault(f"the model's process did not start: {first_line(err)}") from None
     models = app.state.models
+    # its death is said once, by this command's own line (transformers logs it at ERROR in this process too)
+    logging.getLogger("transformers.cli.serving.model_manager").setLevel(logging.CRITICAL)
+
+    died: list[str] = []
 
     async def stop_if_the_model_died() -> None:  # as `transformers serve`: a dead model process stops the server
-        if models.is_dead:
+        dead = [engine.fatal_error or "" for engine in models.engines.values() if engine.is_dead]
+        if dead and not server.should_exit:  # not a signal to the whole process group, which stops both
+            died.append(dead[0])
             server.should_exit = True
 
     settings = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
@@ -367,7 +383,7 @@ def serve(name: str, *, adapter: str | None = None, host: str = HOST, port: int 
         models.shutdown()
     if not server.started:
         raise EnvironmentFault(f"the server on {host}:{port} did not start; see the lines above")
-    dead = [engine.fatal_error for engine in models.engines.values() if engine.is_dead]
-    if dead:
-        raise EnvironmentFault(f"the model's process stopped ({dead[0]}); start the server again")
+    if died:
+        reason = died[0].rstrip(".") or "The model's process stopped"
+        raise EnvironmentFault(f"{reason[:1].lower()}{reason[1:]}; start the server again")
     return 0
