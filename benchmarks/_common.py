@@ -102,9 +102,9 @@ def prepare_once(work: pathlib.Path, configs) -> None:
                        cwd=work, check=True, capture_output=True)
 
 
-GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "model.qk_norm=false", "model.n_layer=6",
-             "model.n_head=6", "model.n_embd=384", "model.n_positions=256", "training.max_steps=300",
-             "training.eval_steps=300", "sample.max_new_tokens=0"]
+GPT2_FORM = ["model.position_embedding_type=learned", "model.activation_function=gelu_new", "model.qk_norm=false",
+             "model.n_layer=6", "model.n_head=6", "model.n_embd=384", "model.n_positions=256",
+             "training.max_steps=300", "training.eval_steps=300", "sample.max_new_tokens=0"]
 
 
 def gpt2_form_run(folder: pathlib.Path) -> pathlib.Path:

@@ -68,8 +68,9 @@ def _adapter_config(name: str, revision: str | None, stamp: tuple) -> dict | Non
 
 
 def quiet_library_output() -> None:
-    """For every command and the model process of `llmkit serve`: transformers' own progress bars ("Loading weights", "Writing model shards") say nothing to a user; the
-    Trainer's training bar and datasets' tokenizing bars stay, and the Hub's transfer bars on a terminal."""
+    """For every command, and `llmkit serve`'s model process: transformers' own progress bars ("Loading weights",
+    "Writing model shards") say nothing to a user; the Trainer's training bar and datasets' tokenizing bars stay, and
+    the Hub's transfer bars on a terminal."""
     import sys
     import warnings
 

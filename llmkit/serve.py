@@ -27,10 +27,11 @@ Design choices:
 - A model without a chat template (a plain pretraining run) is served on `/v1/completions`; chat requests to it
   get a 400 that says so. An empty completion prompt starts from the EOS token, as `llmkit generate` does.
 - Binds 127.0.0.1 unless `--host` says otherwise; `--api-key KEY` (or `LLMKIT_API_KEY`) makes every request
-  without `Authorization: Bearer KEY` a 401 (except `/health` and the page, which asks for the key). `trust_remote_code` stays off. A port in use, a missing model or a
-  bad adapter is one line and exit code 2 before anything starts; once it serves, SIGINT and SIGTERM stop the
-  server and its model process cleanly (uvicorn's shutdown) with exit code 0. transformers' `/load_model` and
-  `/reset` routes are not served (one pinned model).
+  without `Authorization: Bearer KEY` a 401 (except `/health` and the page, which asks for the key).
+  `trust_remote_code` stays off. A port in use, a missing model or a bad adapter is one line and exit code 2
+  before anything starts; once it serves, SIGINT and SIGTERM stop the server and its model process cleanly
+  (uvicorn's shutdown) with exit code 0. transformers' `/load_model` and `/reset` routes are not served (one
+  pinned model).
 - One generation at a time, on the model process's generation thread (transformers' continuous batching needs an
   accelerator's paged attention): concurrent clients queue, and each gets the text it would get alone.
 """
@@ -202,6 +203,10 @@ class PinnedLoader(ModelLoader):
         return {key: value for key, value in self.__dict__.items() if key not in self._LOCAL}
 
     def load_model_and_processor(self, model_id: str, on_progress=None):
+        import threading
+
+        from tqdm import tqdm
+
         from .loading import load_model, quiet_library_output
         from .models.decode_layout import keep_cpu_decode_layout
         from .models.modeling_llmkit_gpt import LlmkitGPTPreTrainedModel
@@ -209,10 +214,6 @@ class PinnedLoader(ModelLoader):
         quiet_library_output()  # the model's process says what the server says: nothing, unless it goes wrong
         # tqdm's lock (peft's merge makes a bar, disabled or not) as a thread lock: its default, a multiprocessing
         # semaphore, outlives this process, which the server stops with SIGTERM (a "leaked semaphore" warning)
-        import threading
-
-        from tqdm import tqdm
-
         tqdm.set_lock(threading.RLock())
         model, tokenizer = load_model(self.name, adapter=self.adapter, device=self.llmkit_device, merge=True)
         if isinstance(model, LlmkitGPTPreTrainedModel):  # its generate() would swap the layout at every request
