@@ -8,7 +8,7 @@ bf16 peak (`--peak-tflops`, default from the device name: H100/H200 989, A100 31
 without CUDA it runs a tiny smoke version on CPU (`--smoke`), which checks the script, not the speed, and writes
 no results.
 
-    python benchmarks/gpu_gpt2.py [--steps 60] [--peak-tflops 989]
+    python benchmarks/gpu_gpt2.py [--steps 60] [--warmup 10] [--peak-tflops 989] [--only compile nanoGPT]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+import pickle
 import re
 import shutil
 import subprocess
@@ -30,6 +31,27 @@ from _common import print_table, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = REPO / "benchmarks" / "nanogpt"
+# "chunk=BYTES": llmkit-gpt's chunked fused loss (chunked_loss.py, which a training step uses where the logits are
+# large) with chunks of that many bytes of fp32 logits instead of its 64 MiB; "chunk=0": the loss from the whole
+# (B, T, vocab) logits, as transformers' models compute it. What the chunking costs or saves on this GPU.
+VARIANTS = {
+    "llmkit, AdamW (fused)": [],
+    "llmkit, AdamW, 1 GiB loss chunks": ["chunk=1073741824"],
+    "llmkit, AdamW, whole logits": ["chunk=0"],
+    "llmkit, Muon + AdamW": ["training.optimizer=muon", "training.muon.lr=0.02"],
+    "llmkit, AdamW, torch.compile": ["training.torch_compile=true"],
+}
+
+
+def launcher(chunk: int | None) -> list[str]:
+    """`python -m llmkit.cli`, or the same CLI with chunked_loss.CHUNK_BYTES set first (0: never chunk)."""
+    if chunk is None:
+        return ["-m", "llmkit.cli"]
+    value = "1 << 62" if chunk == 0 else str(chunk)
+    return ["-c", f"import sys, llmkit.models.chunked_loss as c; c.CHUNK_BYTES = {value}; sys.argv[0] = 'llmkit'; "
+                  "from llmkit.cli import main; sys.exit(main())"]
+
+
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
@@ -49,6 +71,7 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--only", nargs="*", help="run only the llmkit variants whose names contain one of these")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the script runs")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.smoke
@@ -68,48 +91,14 @@ def main():
                   "sample.max_new_tokens=0", f"training.bf16={str(cuda).lower()}", "data.val_ratio=0.01"]
         subprocess.run([sys.executable, "-m", "llmkit.cli", "prepare", *common], cwd=work, env=env, check=True,
                        capture_output=True)
-        rows = []
-        for name, extra in (("llmkit, AdamW (fused)", []),
-                            ("llmkit, Muon + AdamW", ["training.optimizer=muon", "training.muon.lr=0.02"]),
-                            ("llmkit, AdamW, torch.compile", ["training.torch_compile=true"])):
-            out = work / "run"
-            proc = subprocess.run([sys.executable, "-m", "llmkit.cli", "train", *common, *extra,
-                                   f"training.output_dir={out}"], cwd=work, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                rows.append({"run": name, "tokens_per_s": None, "mfu": None, "note": proc.stderr.strip()[-200:]})
-                continue
-            history = json.loads((out / "log_history.json").read_text())
-            metrics = json.loads((out / "metrics.json").read_text())
-            n = metrics["num_parameters"] - context * width  # without the position table, as nanoGPT counts
-            rows.append({"run": name, "tokens_per_s": metrics["train_tokens_per_second"],
-                         "mfu": metrics["train_tokens_per_second"] * flops_per_token(n, layers, heads, width, context)
-                         / peak_flops(args.peak_tflops), "note": f"{len(history)} log entries"})
-            shutil.rmtree(out)
-        # nanoGPT on the same tokens: train.bin/val.bin from llmkit's cache, its own loop and MFU estimate
-        tokens = _cached_tokens(work / "cache")
-        data = work / "nanogpt" / "data" / "llmkit"
-        shutil.copytree(NANOGPT, work / "nanogpt")
-        data.mkdir(parents=True)
-        tokens[: int(len(tokens) * 0.95)].astype(np.uint16).tofile(data / "train.bin")
-        tokens[int(len(tokens) * 0.95):].astype(np.uint16).tofile(data / "val.bin")
-        device = "cuda" if cuda else "cpu"
-        cmd = [sys.executable, "train.py", "--dataset=llmkit", f"--device={device}", f"--compile={cuda}",
-               f"--n_layer={layers}", f"--n_head={heads}", f"--n_embd={width}", f"--block_size={context}",
-               f"--batch_size={batch}", "--gradient_accumulation_steps=1", f"--max_iters={steps}",
-               "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--dtype={'bfloat16' if cuda else 'float32'}",
-               "--always_save_checkpoint=False", f"--out_dir={work / 'nano-out'}"]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=work / "nanogpt", env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            rows.append({"run": "nanoGPT train.py", "tokens_per_s": None, "mfu": None, "note": proc.stderr[-200:]})
-        else:
-            ms = [float(m.group(1)) for m in re.finditer(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", proc.stdout, re.M)]
-            ms = ms[warmup:] or ms
-            tps = batch * context / (np.median(ms) / 1000)
-            n = _nanogpt_params(proc.stdout)
-            rows.append({"run": "nanoGPT train.py" + (" (compile)" if cuda else ""), "tokens_per_s": tps,
-                         "mfu": tps * flops_per_token(n, layers, heads, width, context) / peak_flops(args.peak_tflops),
-                         "note": f"{time.perf_counter() - start:.0f} s process"})
+        shape = (layers, heads, width, context, batch)
+        # nanoGPT first: each row is printed as it comes, so a call cut short still has the reference
+        rows = [nanogpt_row(work, shape, steps, warmup, cuda, args.peak_tflops, env)]
+        print(json.dumps(rows[-1]), flush=True)
+        for name, extra in VARIANTS.items():
+            if not args.only or any(o in name for o in args.only):
+                rows.append(llmkit_row(name, extra, work, common, shape, warmup, args.peak_tflops, env))
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not cuda:  # a check of the script: its figures say nothing, and are not written
@@ -119,13 +108,75 @@ def main():
     report("gpu_gpt2", rows, {"device": torch.cuda.get_device_name(), "shape": [layers, heads, width, context, batch]})
 
 
-def _cached_tokens(cache: pathlib.Path) -> np.ndarray:
-    """The train split llmkit prepared (`<cache>/<hash>/train.bin`, dtype in meta.json)."""
+def llmkit_row(name: str, extra: list[str], work: pathlib.Path, common: list[str], shape: tuple, warmup: int,
+               peak: float | None, env: dict) -> dict:
+    """One `llmkit train` process; tokens/s is the median of its per-step rates after the warm-up steps (each log
+    line covers the one step since the previous line), as nanoGPT's figure is."""
+    layers, heads, width, context, _ = shape
+    out = work / "run"
+    chunk = next((int(o.split("=")[1]) for o in extra if o.startswith("chunk=")), None)
+    overrides = [o for o in extra if not o.startswith("chunk=")]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *launcher(chunk), "train", *common, *overrides, f"training.output_dir={out}"],
+                          cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"run": name, "tokens_per_s": None, "mfu": None, "tokens_per_s_whole_run": None,
+                "note": proc.stderr.strip()[-300:]}
+    history = json.loads((out / "log_history.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    shutil.rmtree(out)
+    n = metrics["num_parameters"] - context * width  # without the position table, as nanoGPT counts
+    steady = [h["tokens_per_second"] for h in history if "tokens_per_second" in h and h["step"] > warmup]
+    tps = float(np.median(steady)) if steady else metrics["train_tokens_per_second"]
+    last = next((h["loss"] for h in reversed(history) if "loss" in h), float("nan"))
+    return {"run": name, "tokens_per_s": tps,
+            "mfu": tps * flops_per_token(n, layers, heads, width, context) / peak_flops(peak),
+            "tokens_per_s_whole_run": metrics["train_tokens_per_second"],
+            "note": f"{wall:.0f} s process, last loss {last:.3f}"}
+
+
+def nanogpt_row(work: pathlib.Path, shape: tuple, steps: int, warmup: int, cuda: bool, peak: float | None,
+                env: dict) -> dict:
+    """nanoGPT's train.py on the same tokens (train.bin/val.bin from llmkit's cache, llmkit's vocabulary size in
+    its meta.pkl): its own loop, the median of its per-iteration times after the warm-up iterations."""
+    layers, heads, width, context, batch = shape
+    tokens, vocab = _cached_tokens(work / "cache")
+    data = work / "nanogpt" / "data" / "llmkit"
+    shutil.copytree(NANOGPT, work / "nanogpt")
+    data.mkdir(parents=True)
+    with open(data / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": vocab}, f)
+    tokens[: int(len(tokens) * 0.95)].astype(np.uint16).tofile(data / "train.bin")
+    tokens[int(len(tokens) * 0.95):].astype(np.uint16).tofile(data / "val.bin")
+    cmd = [sys.executable, "train.py", "--dataset=llmkit", f"--device={'cuda' if cuda else 'cpu'}", f"--compile={cuda}",
+           f"--n_layer={layers}", f"--n_head={heads}", f"--n_embd={width}", f"--block_size={context}",
+           f"--batch_size={batch}", "--gradient_accumulation_steps=1", f"--max_iters={steps}",
+           "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--dtype={'bfloat16' if cuda else 'float32'}",
+           "--always_save_checkpoint=False", f"--out_dir={work / 'nano-out'}"]
+    name = "nanoGPT train.py" + (" (compile)" if cuda else "")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work / "nanogpt", env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"run": name, "tokens_per_s": None, "mfu": None, "tokens_per_s_whole_run": None,
+                "note": proc.stderr[-300:]}
+    iters = re.findall(r"^iter \d+: loss ([\d.]+), time ([\d.]+)ms", proc.stdout, re.M)
+    ms = [float(t) for _, t in iters][warmup:] or [float(t) for _, t in iters]
+    tps = batch * context / (np.median(ms) / 1000)
+    n = _nanogpt_params(proc.stdout)
+    return {"run": name, "tokens_per_s": tps,
+            "mfu": tps * flops_per_token(n, layers, heads, width, context) / peak_flops(peak),
+            "tokens_per_s_whole_run": None,
+            "note": f"{time.perf_counter() - start:.0f} s process, last loss {float(iters[-1][0]):.3f}"}
+
+
+def _cached_tokens(cache: pathlib.Path) -> tuple[np.ndarray, int]:
+    """The train split llmkit prepared (`<cache>/<hash>/train.bin`, dtype in meta.json) and its vocabulary size."""
     files = sorted(cache.glob("*/train.bin"))
     if not files:
         raise SystemExit(f"no tokenized train split under {cache}")
-    dtype = json.loads((files[0].parent / "meta.json").read_text())["dtype"]
-    return np.fromfile(files[0], dtype=dtype)
+    meta = json.loads((files[0].parent / "meta.json").read_text())
+    return np.fromfile(files[0], dtype=meta["dtype"]), meta["vocab_size"]
 
 
 def _nanogpt_params(stdout: str) -> int:
