@@ -32,23 +32,24 @@ from _common import print_table, report
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = REPO / "benchmarks" / "nanogpt"
 # "chunk=BYTES": llmkit-gpt's chunked fused loss (chunked_loss.py, which a training step uses where the logits are
-# large) with chunks of that many bytes of fp32 logits instead of its 64 MiB; "chunk=0": the loss from the whole
-# (B, T, vocab) logits, as transformers' models compute it. What the chunking costs or saves on this GPU.
+# large) with chunks of that many bytes of fp32 logits instead of the device's own size (1 GiB on GPUs; 64 MiB is
+# the CPU's); "chunk=0": the loss from the whole (B, T, vocab) logits, as transformers' models compute it.
 VARIANTS = {
     "llmkit, AdamW (fused)": [],
-    "llmkit, AdamW, 1 GiB loss chunks": ["chunk=1073741824"],
-    "llmkit, AdamW, whole logits": ["chunk=0"],
-    "llmkit, Muon + AdamW": ["training.optimizer=muon", "training.muon.lr=0.02"],
     "llmkit, AdamW, torch.compile": ["training.torch_compile=true"],
+    "llmkit, Muon + AdamW": ["training.optimizer=muon", "training.muon.lr=0.02"],
+    "llmkit, AdamW, 64 MiB loss chunks": ["chunk=67108864"],
+    "llmkit, AdamW, whole logits": ["chunk=0"],
 }
 
 
 def launcher(chunk: int | None) -> list[str]:
-    """`python -m llmkit.cli`, or the same CLI with chunked_loss.CHUNK_BYTES set first (0: never chunk)."""
+    """`python -m llmkit.cli`, or the same CLI with chunked_loss's chunk sizes set first (0: never chunk)."""
     if chunk is None:
         return ["-m", "llmkit.cli"]
     value = "1 << 62" if chunk == 0 else str(chunk)
-    return ["-c", f"import sys, llmkit.models.chunked_loss as c; c.CHUNK_BYTES = {value}; sys.argv[0] = 'llmkit'; "
+    return ["-c", f"import sys, llmkit.models.chunked_loss as c; c.CHUNK_BYTES = c.ACCELERATOR_CHUNK_BYTES = {value}; "
+                  "sys.argv[0] = 'llmkit'; "
                   "from llmkit.cli import main; sys.exit(main())"]
 
 

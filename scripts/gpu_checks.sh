@@ -6,8 +6,9 @@
 #   bash scripts/gpu_checks.sh
 #
 # On a machine without network access, llmkit's dependencies can come as wheels in .whl/ (installed to /tmp/site
-# and put first on PYTHONPATH); llmkit itself runs from this checkout. Each part has its own time limit, so one that
-# hangs leaves the others their time.
+# and put first on PYTHONPATH): every one the machine lacks, transformers' own included (`kernels`: transformers
+# 5.25 loads every model through it; without it every from_pretrained fails). llmkit itself runs from this checkout.
+# Each part has its own time limit, so one that hangs leaves the others their time.
 set -u
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -20,12 +21,12 @@ else
     export PYTHONPATH=$PWD
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-python3 -c "import torch, transformers, accelerate, datasets, peft, trl; print('torch', torch.__version__, \
+python3 -c "import torch, transformers, accelerate, datasets, peft, trl, kernels; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, \
 'peft', peft.__version__, 'trl', trl.__version__)" 2>&1 | tee -a "$OUT/device.txt"
 
 # 1. GPT-2 124M, bf16: llmkit (AdamW, Muon, compile) against nanoGPT's train.py --compile=True
-timeout "${BENCH_SECONDS:-270}" python3 benchmarks/gpu_gpt2.py --steps 80 --warmup 20 2>&1 | tee "$OUT/gpu_gpt2.log"
+timeout "${BENCH_SECONDS:-300}" python3 benchmarks/gpu_gpt2.py --steps 80 --warmup 20 2>&1 | tee "$OUT/gpu_gpt2.log"
 cp benchmarks/results/gpu_gpt2.json "$OUT/" 2>/dev/null
 
 # 2. FSDP2 on one process (the launch, sharded checkpoints, --resume, the full model at the end), then a sample

@@ -385,6 +385,19 @@ def test_chunked_loss_equals_cross_entropy_on_the_full_logits_with_the_same_grad
             torch.testing.assert_close(grads[0][2], grads[1][2], rtol=1e-4, atol=1e-6)
 
 
+def test_loss_chunks_are_sized_for_the_device():
+    """64 MB chunks on CPU; on GPUs 1 GB, since small chunks leave the device waiting on launches: GPT-2's logits at
+    batch 4 x 256 are chunked on a CPU and computed whole on a GPU; at 16 x 1024 both chunk, the GPU in fewer
+    pieces."""
+    from llmkit.models.chunked_loss import chunk_bytes, logits_are_large
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert logits_are_large(4 * 256, 50257, cpu) and not logits_are_large(4 * 256, 50257, gpu)
+    assert logits_are_large(16 * 1024, 50304, cpu) and logits_are_large(16 * 1024, 50304, gpu)
+    rows = {d.type: chunk_bytes(d) // (4 * 50304) for d in (cpu, gpu)}
+    assert -(-16 * 1024 // rows["cuda"]) <= 4 < 40 <= -(-16 * 1024 // rows["cpu"])
+
+
 def test_the_fused_loss_asked_for_in_training_returns_the_loss_without_logits(monkeypatch):
     from llmkit.models import chunked_loss
 

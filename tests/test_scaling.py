@@ -4,12 +4,16 @@
 - two "machines" on 127.0.0.1 (two launches, --num_machines 2, ranks 0 and 1) end with the model one machine
   with two processes ends with;
 - a launch asking for FSDP on CPU (which accelerate cannot shard there) is refused at once with one line;
+- FSDP2 itself, sharding for real over gloo (tests/fsdp_on_cpu.py makes accelerate shard CPU processes):
+  sharded checkpoints, samples taken by every process, the best model reloaded at the end, one full model in the
+  run folder, and --resume from a sharded checkpoint;
 - (slow) one machine of two killed mid-run: the other stops within a minute with one line, and --resume on
   both continues from the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -34,14 +38,14 @@ def free_port() -> int:
 
 
 def launch(args: list[str], *, processes: int, machines: int = 1, rank: int = 0, port: int, cwd, config=None,
-           stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+           stdout=subprocess.PIPE, stderr=subprocess.PIPE, entry=("-m", "llmkit.cli")) -> subprocess.Popen:
     env = subprocess_env()
     env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     cmd += ["--config_file", str(config)] if config else ["--multi_gpu", "--mixed_precision", "no",
                                                           "--dynamo_backend", "no"]
     cmd += ["--num_processes", str(processes), "--num_machines", str(machines), "--machine_rank", str(rank),
-            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "-m", "llmkit.cli", "train", *args]
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), *entry, "train", *args]
     return subprocess.Popen(list(map(str, cmd)), cwd=cwd, env=env, stdout=stdout, stderr=stderr, text=True,
                             start_new_session=True)
 
@@ -119,6 +123,57 @@ def test_fsdp_on_cpu_is_refused_at_once_with_one_line_not_run_as_something_else(
     # folder, not the substring "/llmkit/", which a checkout folder named llmkit also contains
     assert f'File "{REPO / "llmkit"}' not in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_fsdp2_shards_checkpoints_samples_on_every_process_and_resumes_to_one_full_model(corpus, tmp_path):
+    """Two processes sharding by FSDP2 (configs/accelerate/fsdp.yaml, over gloo): every checkpoint is a sharded
+    one (a piece per process) that --resume recognizes; the samples at each evaluation (a forward needs every
+    process) and the best model's reload at the end run on both processes (a mismatch hangs the collectives: the
+    timeouts below); the run folder gets the whole model, which loads without llmkit's launcher and generates."""
+    run = tmp_path / "run"
+    common = [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_ratio=0.1",
+              "training.per_device_train_batch_size=4", "training.eval_steps=4", "training.save_steps=4",
+              "sample.max_new_tokens=8", 'sample.prompts=["ROMEO:"]']
+    config, entry = REPO / "configs" / "accelerate" / "fsdp.yaml", [str(REPO / "tests" / "fsdp_on_cpu.py")]
+    finish([launch([*common, "training.max_steps=8", "--output-dir", run], processes=2, port=free_port(), cwd=tmp_path, config=config,
+                   entry=entry)], timeout=300)
+    for step in (4, 8):
+        shards = run / f"checkpoint-{step}" / "pytorch_model_fsdp_0"
+        assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert (shards / ".metadata").exists() and (run / f"checkpoint-{step}" / "optimizer_0" / ".metadata").exists()
+    metrics = read_json(run / "metrics.json")
+    assert metrics["best_checkpoint"] == str(run / "checkpoint-8")
+    assert [s["step"] for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines())] == [4, 8]
+    # sharding changes where the weights live, not the arithmetic: one process at the whole batch trains the same
+    one = single([*[c for c in common if "per_device_train_batch_size" not in c],
+                  "training.per_device_train_batch_size=8", "training.max_steps=8", "--output-dir", tmp_path / "one"],
+                 cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-4000:]
+    fsdp_losses, one_losses = losses(run), losses(tmp_path / "one")
+    assert sorted(fsdp_losses) == sorted(one_losses) == list(range(1, 9))
+    for step in one_losses:
+        assert abs(fsdp_losses[step] - one_losses[step]) < 1e-4, (step, fsdp_losses[step], one_losses[step])
+
+    proc = launch([*common, "training.max_steps=12", "--output-dir", run, "--resume"], processes=2, port=free_port(), cwd=tmp_path,
+                  config=config, entry=entry)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-4000:]
+    assert "resuming from" in out + err and "checkpoint-8 (step 8 of 12)" in out + err
+    metrics = read_json(run / "metrics.json")
+    assert metrics["global_step"] == 12 and metrics["best_checkpoint"] == str(run / "checkpoint-12")
+
+    from transformers import AutoModelForCausalLM
+
+    import llmkit  # noqa: F401  (registers llmkit-gpt with the Auto classes)
+
+    weights = load_file(run / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(run)
+    assert weights["transformer.wte.weight"].shape == model.transformer.wte.weight.shape  # whole, not one process's shard
+    for name, tensor in model.state_dict().items():
+        if name in weights:
+            torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0, msg=name)
+    ids = torch.tensor([[1, 2, 3]])
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape == (1, 8)
 
 
 @pytest.mark.slow

@@ -33,8 +33,13 @@ def last_complete_checkpoint(output_dir: pathlib.Path) -> pathlib.Path | None:
         if match and path.is_dir():
             candidates.append((int(match.group(1)), path))
     for _, path in sorted(candidates, reverse=True):
-        has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
-        if has_weights and all((path / f).exists() for f in ("optimizer.pt", "scheduler.pt", "trainer_state.json")):
+        # FSDP writes its shards as torch.distributed.checkpoint folders (pytorch_model_fsdp_0/, optimizer_0/), whose
+        # .metadata file is written last; a full FSDP state dict goes to pytorch_model_fsdp.bin and optimizer.bin
+        has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")) or any(
+            path.glob("pytorch_model_fsdp_*/.metadata"))
+        has_optimizer = (path / "optimizer.pt").exists() or (path / "optimizer.bin").exists() or any(
+            path.glob("optimizer_*/.metadata"))
+        if has_weights and has_optimizer and all((path / f).exists() for f in ("scheduler.pt", "trainer_state.json")):
             try:
                 json.loads((path / "trainer_state.json").read_text())
             except ValueError:
@@ -107,8 +112,14 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
             from ..models.conversions import export_model
 
             export_model(trainer.accelerator.unwrap_model(model), stock_arch).save_pretrained(out)
+    elif trainer.is_fsdp_enabled:
+        # Trainer.save_model writes nothing under FSDP's sharded state dict (configs/accelerate/fsdp.yaml): gather the
+        # full weights on every process (accelerate's collective), and the main process writes them
+        state_dict = trainer.accelerator.get_state_dict(model)
+        if is_main:
+            trainer.accelerator.unwrap_model(model).save_pretrained(out, state_dict=state_dict)
     else:
-        trainer.save_model(str(out))  # on every process: FSDP/ZeRO-3 gather the weights collectively; one writes
+        trainer.save_model(str(out))  # on every process: ZeRO-3 gathers the weights collectively; one writes
     if not is_main:
         return
     unwrapped = trainer.accelerator.unwrap_model(model)

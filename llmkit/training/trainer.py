@@ -113,6 +113,15 @@ class LlmkitTrainer(Trainer):
         missing = [k for k in load_result.missing_keys if k not in tied]
         super()._issue_warnings_after_load(type(load_result)(missing, load_result.unexpected_keys))
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's save. Under FSDP with sharded state dicts it writes nothing, so a checkpoint's folder would
+        appear only when the main process writes its shards, after the barrier where every process looks for the
+        best checkpoint's folder: processes that looked first would skip reloading the best model at the end while
+        the others load it collectively, and the run would hang. Every process makes the folder first."""
+        if self.is_fsdp_enabled and output_dir is not None:
+            pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
+        super().save_model(output_dir, _internal_call=_internal_call)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The Trainer's evaluation; on the whole validation split at the last step when the run evaluates a
         subsample during training."""
