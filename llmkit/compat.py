@@ -12,6 +12,7 @@ lower bounds. Bottom layer: it imports nothing of llmkit's.
 | `Trainer._get_grad_norm` (overridden) | training/trainer.py | read the norm the Trainer already took |
 | `Trainer._issue_warnings_after_load` (overridden) | training/trainer.py | no false "missing" for tied heads |
 | `Trainer._load_from_checkpoint`, `Trainer._load_best_model` | training/workflow.py | a run killed while writing its final files |
+| `Trainer.save_model(_internal_call=)` (overridden), the order inside `Trainer._save_checkpoint` | training/trainer.py | under FSDP every process makes a checkpoint's folder before the Trainer looks for the best one |
 | `StopStringCriteria.clean_tokenizer_vocab` (overridden) | models/generation.py | a probe prefix char vocabularies can encode |
 | `huggingface_hub.utils._http.default_client_factory` | hub.py | the Hub client with a timeout on every request |
 | `transformers.cli.serving`: `ModelLoader` (subclassed), `ModelManager`, `build_server` | serve.py (directly: the one module that serves) | transformers' server, pinned to the model llmkit loads |
@@ -23,7 +24,8 @@ import inspect
 
 CHECKED_AGAINST = {"torch": "2.13.0", "transformers": "5.25.0", "huggingface_hub": "2.4.0"}
 
-TRAINER_OVERRIDES = {"_get_grad_norm": ("model", "grad_norm"), "_issue_warnings_after_load": ("load_result",)}
+TRAINER_OVERRIDES = {"_get_grad_norm": ("model", "grad_norm"), "_issue_warnings_after_load": ("load_result",),
+                     "save_model": ("output_dir", "_internal_call")}  # LlmkitTrainer's: makes the folder first
 TRAINER_CALLS = {"_load_from_checkpoint": ("resume_from_checkpoint",), "_load_best_model": ()}
 SERVING_LOADER = {"load_model_and_processor": ("model_id", "on_progress"), "load_config": ("model_id",),
                   "load_processor": ("model_id",)}  # what llmkit serve's PinnedLoader overrides

@@ -4,9 +4,9 @@
 - two "machines" on 127.0.0.1 (two launches, --num_machines 2, ranks 0 and 1) end with the model one machine
   with two processes ends with;
 - a launch asking for FSDP on CPU (which accelerate cannot shard there) is refused at once with one line;
-- FSDP2 itself, sharding for real over gloo (tests/fsdp_on_cpu.py makes accelerate shard CPU processes):
-  sharded checkpoints, samples taken by every process, the best model reloaded at the end, one full model in the
-  run folder, and --resume from a sharded checkpoint;
+- FSDP2 itself, sharding for real over gloo (tests/fsdp_on_cpu.py makes accelerate shard CPU processes): the
+  losses of one unsharded process across a --resume from sharded checkpoints, the best checkpoint reloaded at the
+  end, one whole model in the run folder, and a sharded LoRA run's adapter;
 - (slow) one machine of two killed mid-run: the other stops within a minute with one line, and --resume on
   both continues from the last complete checkpoint.
 """
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -55,8 +56,14 @@ def finish(procs: list[subprocess.Popen], timeout: float) -> None:
     prints every log line, and one whose pipe fills up (64 KB) blocks the others at their next collective."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(len(procs)) as pool:
-        outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
+    try:
+        with ThreadPoolExecutor(len(procs)) as pool:
+            outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # out of time: its launcher and workers (a session of their own) go too
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-4000:]
 
@@ -125,55 +132,66 @@ def test_fsdp_on_cpu_is_refused_at_once_with_one_line_not_run_as_something_else(
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
-def test_fsdp2_shards_checkpoints_samples_on_every_process_and_resumes_to_one_full_model(corpus, tmp_path):
-    """Two processes sharding by FSDP2 (configs/accelerate/fsdp.yaml, over gloo): every checkpoint is a sharded
-    one (a piece per process) that --resume recognizes; the samples at each evaluation (a forward needs every
-    process) and the best model's reload at the end run on both processes (a mismatch hangs the collectives: the
-    timeouts below); the run folder gets the whole model, which loads without llmkit's launcher and generates."""
-    run = tmp_path / "run"
-    common = [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_ratio=0.1",
-              "training.per_device_train_batch_size=4", "training.eval_steps=4", "training.save_steps=4",
-              "sample.max_new_tokens=8", 'sample.prompts=["ROMEO:"]']
-    config, entry = REPO / "configs" / "accelerate" / "fsdp.yaml", [str(REPO / "tests" / "fsdp_on_cpu.py")]
-    finish([launch([*common, "training.max_steps=8", "--output-dir", run], processes=2, port=free_port(), cwd=tmp_path, config=config,
-                   entry=entry)], timeout=300)
-    for step in (4, 8):
-        shards = run / f"checkpoint-{step}" / "pytorch_model_fsdp_0"
-        assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-        assert (shards / ".metadata").exists() and (run / f"checkpoint-{step}" / "optimizer_0" / ".metadata").exists()
-    metrics = read_json(run / "metrics.json")
-    assert metrics["best_checkpoint"] == str(run / "checkpoint-8")
-    assert [s["step"] for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines())] == [4, 8]
-    # sharding changes where the weights live, not the arithmetic: one process at the whole batch trains the same
-    one = single([*[c for c in common if "per_device_train_batch_size" not in c],
-                  "training.per_device_train_batch_size=8", "training.max_steps=8", "--output-dir", tmp_path / "one"],
-                 cwd=tmp_path)
-    assert one.returncode == 0, one.stderr[-4000:]
-    fsdp_losses, one_losses = losses(run), losses(tmp_path / "one")
-    assert sorted(fsdp_losses) == sorted(one_losses) == list(range(1, 9))
-    for step in one_losses:
-        assert abs(fsdp_losses[step] - one_losses[step]) < 1e-4, (step, fsdp_losses[step], one_losses[step])
-
-    proc = launch([*common, "training.max_steps=12", "--output-dir", run, "--resume"], processes=2, port=free_port(), cwd=tmp_path,
-                  config=config, entry=entry)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-4000:]
-    assert "resuming from" in out + err and "checkpoint-8 (step 8 of 12)" in out + err
-    metrics = read_json(run / "metrics.json")
-    assert metrics["global_step"] == 12 and metrics["best_checkpoint"] == str(run / "checkpoint-12")
-
+def test_fsdp2_trains_like_one_process_resumes_reloads_the_best_and_saves_whole_models(corpus, tmp_path):
+    """Two processes sharding by FSDP2 (configs/accelerate/fsdp.yaml; tests/fsdp_on_cpu.py lets accelerate shard
+    CPU processes, over gloo) against one unsharded process at the whole batch:
+    - the same loss at every step, across a --resume at step 8 of 12 from a sharded checkpoint (a piece per process);
+    - the samples at each evaluation taken (every process takes part in each forward);
+    - the best checkpoint reloaded at the end on every process (the highest eval loss counts as best here, step 4's,
+      so that the reload shows): the run folder's whole model equals the unsharded run's;
+    - a LoRA run on that model, sharded too, saves an adapter that plain peft loads.
+    A mismatch between the processes hangs their collectives: the time limits below."""
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     import llmkit  # noqa: F401  (registers llmkit-gpt with the Auto classes)
 
-    weights = load_file(run / "model.safetensors")
-    model = AutoModelForCausalLM.from_pretrained(run)
-    assert weights["transformer.wte.weight"].shape == model.transformer.wte.weight.shape  # whole, not one process's shard
-    for name, tensor in model.state_dict().items():
-        if name in weights:
-            torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0, msg=name)
-    ids = torch.tensor([[1, 2, 3]])
-    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape == (1, 8)
+    run, one, adapter = tmp_path / "run", tmp_path / "one", tmp_path / "lora"
+    common = [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.val_ratio=0.1",
+              "training.eval_steps=4", "training.save_steps=4", "sample.max_new_tokens=8", 'sample.prompts=["ROMEO:"]',
+              "training.lr_scheduler_type=constant", "training.warmup_steps=0",  # 8 steps, then 4 more, train as 12
+              "training.greater_is_better=true"]
+    config, entry = REPO / "configs" / "accelerate" / "fsdp.yaml", [str(REPO / "tests" / "fsdp_on_cpu.py")]
+
+    def sharded(*args, base=common):
+        finish([launch([*base, "training.per_device_train_batch_size=4", *args], processes=2, port=free_port(),
+                       cwd=tmp_path, config=config, entry=entry)], timeout=300)
+
+    sharded("training.max_steps=8", "--output-dir", run)
+    for step in (4, 8):
+        shards = run / f"checkpoint-{step}" / "pytorch_model_fsdp_0"
+        assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        assert (shards / ".metadata").exists() and (run / f"checkpoint-{step}" / "optimizer_0" / ".metadata").exists()
+    assert read_json(run / "metrics.json")["best_checkpoint"] == str(run / "checkpoint-4")
+    assert [s["step"] for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines())] == [4, 8]
+    sharded("training.max_steps=12", "--output-dir", run, "--resume")
+    assert [s["step"] for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines())] == [4, 8, 12]
+
+    reference = single([*common, "training.per_device_train_batch_size=8", "training.max_steps=12",
+                        "--output-dir", one], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    fsdp_losses, one_losses = losses(run), losses(one)
+    assert sorted(fsdp_losses) == sorted(one_losses) == list(range(1, 13))
+    for step in one_losses:
+        assert abs(fsdp_losses[step] - one_losses[step]) < 1e-4, (step, fsdp_losses[step], one_losses[step])
+    for folder in (run, one):
+        metrics = read_json(folder / "metrics.json")
+        assert metrics["global_step"] == 12 and metrics["best_checkpoint"] == str(folder / "checkpoint-4")
+    ours, theirs = load_file(run / "model.safetensors"), load_file(one / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in ours:  # whole tensors (not one process's shard), step 4's weights
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert AutoModelForCausalLM.from_pretrained(run).generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5,
+                                                               do_sample=False).shape == (1, 8)
+
+    on_the_run = [c for c in common if not c.startswith(("model.", "tokenizer."))]  # the run's own model, tokenizer
+    sharded(f"model.from_pretrained={run}", "lora.r=4", "training.max_steps=4", "--output-dir", adapter, base=on_the_run)
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert saved and all("lora_" in name for name in saved)
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in saved.items())  # trained
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run), adapter)
+    loaded = {name: tensor for name, tensor in model.state_dict().items() if "lora_" in name}
+    assert len(loaded) == len(saved)
 
 
 @pytest.mark.slow

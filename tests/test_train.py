@@ -210,8 +210,10 @@ def test_evaluations_during_training_score_a_fixed_subsample_and_the_end_the_who
     assert len(blocks) > 100
     evals = {h["step"]: h for h in read_json(out / "log_history.json") if "eval_loss" in h}
     assert sorted(evals) == [10, 20, 30]
-    scored = {step: round(h["eval_runtime"] * h["eval_samples_per_second"]) for step, h in evals.items()}
-    assert scored[10] == scored[20] == 8 and scored[30] == len(blocks), scored
+    # blocks scored, read back from the Trainer's speed metrics: samples/s is taken over the unrounded runtime and
+    # the runtime is rounded to 0.1 ms, so a fast whole-split evaluation reads back within a percent or two
+    scored = {step: h["eval_runtime"] * h["eval_samples_per_second"] for step, h in evals.items()}
+    assert round(scored[10]) == round(scored[20]) == 8 and scored[30] == pytest.approx(len(blocks), rel=0.03), scored
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     batch = BlockCollator()([blocks[i] for i in range(len(blocks))])
     with torch.no_grad():

@@ -5,10 +5,11 @@ for their log-softmax and for its gradient, each written and read in full. Here 
 64 MB: each chunk's logits, log-sum-exp, loss, and the gradient of the loss (softmax minus one-hot, written over
 the logits) are computed, and the gradients of the hidden states (and of the projection, when it is trained) are
 accumulated at once, in the forward pass (backward only scales them). No full logits tensor exists: the peak
-memory of the loss drops from three logits-sized tensors to one chunk. The chunk size is the device's: 64 MB on
-CPU (smaller chunks make the projection's matrix products less efficient than the memory traffic they save), 1 GB
-on GPUs and other accelerators, where 64 MB chunks are too small to keep the device busy (a few hundred rows per
-product, three products and a dozen small kernels per chunk: benchmarks/gpu_gpt2.py's "loss chunks" rows).
+memory of the loss drops from three logits-sized tensors to one chunk. The logits are chunked wherever they would
+exceed two 64 MB chunks; the chunk itself is the device's: 64 MB on CPU (smaller chunks make the projection's
+matrix products less efficient than the memory traffic they save), up to 1 GB on GPUs and other accelerators, where
+64 MB chunks are too small to keep the device busy (a few hundred rows per product, three products and a dozen
+small kernels per chunk: benchmarks/gpu_gpt2.py's "loss chunks" rows).
 
 It is the same function as transformers' `ForCausalLMLoss` on the same targets (the mean over non-ignored
 targets, or the sum over `num_items_in_batch` when the Trainer accumulates gradients), in fp32 softmax arithmetic
@@ -23,8 +24,7 @@ import torch
 from .onednn import linear
 
 CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk on CPU; smaller chunks make the projection's matmuls less efficient
-ACCELERATOR_CHUNK_BYTES = 2**30  # on GPUs (and other accelerators): as fast as the whole logits, a third of a GPT-2
-# step's logits at batch 16 x 1024
+ACCELERATOR_CHUNK_BYTES = 2**30  # at most, on GPUs (and other accelerators): as fast as the whole logits there
 
 
 def chunk_bytes(device: torch.device) -> int:
@@ -94,7 +94,7 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, *, labels
                                             divisor)
 
 
-def logits_are_large(tokens: int, vocab: int, device: torch.device) -> bool:
-    """Chunk when the full fp32 logits would span several chunks on this device (a char-level vocabulary never
-    does)."""
-    return tokens * vocab * 4 > 2 * chunk_bytes(device)
+def logits_are_large(tokens: int, vocab: int) -> bool:
+    """Chunk when the full fp32 logits would span two 64 MB chunks, on every device (a char-level vocabulary never
+    does): on a GPU they go through in fewer, larger chunks (`chunk_bytes`), never whole."""
+    return tokens * vocab * 4 > 2 * CHUNK_BYTES

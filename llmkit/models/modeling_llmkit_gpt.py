@@ -398,8 +398,7 @@ class LlmkitGPTForCausalLM(LlmkitGPTPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state  # (B, T, C)
         shift_labels = kwargs.get("shift_labels")
         if fused_loss and (labels is not None or shift_labels is not None) and logits_to_keep == 0 and \
-                logits_are_large(hidden_states.shape[0] * hidden_states.shape[1], self.config.vocab_size,
-                                 hidden_states.device):
+                logits_are_large(hidden_states.shape[0] * hidden_states.shape[1], self.config.vocab_size):
             # asked for by the training core: the loss without the (B, T, vocab) logits (chunked_loss.py)
             loss = chunked_causal_lm_loss(hidden_states, self.lm_head.weight, labels=labels, shift_labels=shift_labels,
                                           num_items_in_batch=kwargs.get("num_items_in_batch"),

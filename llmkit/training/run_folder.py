@@ -114,10 +114,21 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
             export_model(trainer.accelerator.unwrap_model(model), stock_arch).save_pretrained(out)
     elif trainer.is_fsdp_enabled:
         # Trainer.save_model writes nothing under FSDP's sharded state dict (configs/accelerate/fsdp.yaml): gather the
-        # full weights on every process (accelerate's collective), and the main process writes them
-        state_dict = trainer.accelerator.get_state_dict(model)
+        # full weights on every process (a collective; the main process receives them) and write them there. An
+        # adapter gathers only its trained weights, not the frozen base model.
+        if is_adapter:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            state_dict = get_model_state_dict(model, options=StateDictOptions(
+                full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        else:
+            state_dict = trainer.accelerator.get_state_dict(model)
         if is_main:
-            trainer.accelerator.unwrap_model(model).save_pretrained(out, state_dict=state_dict)
+            unwrapped = trainer.accelerator.unwrap_model(model)
+            # gathered one by one, tied weights are separate tensors save_pretrained cannot tell apart: the tied
+            # copies are left out, as in every other save
+            tied = getattr(unwrapped, "all_tied_weights_keys", None) or {}
+            unwrapped.save_pretrained(out, state_dict={k: v for k, v in state_dict.items() if k not in tied})
     else:
         trainer.save_model(str(out))  # on every process: ZeRO-3 gathers the weights collectively; one writes
     if not is_main:

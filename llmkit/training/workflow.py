@@ -276,13 +276,15 @@ def _lost_peer_reason(err: BaseException) -> str:
 
 def check_launch(cfg: Config, state) -> None:
     """Refuse at start, with one line, what a launch mode cannot do (never a hang or a silent fallback)."""
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import DistributedType, parse_flag_from_env
 
     sharded = None
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        # accelerate turns a launch into FSDP in AcceleratorState (made later, by the Trainer), and only for
-        # processes on accelerators: on CPUs it runs plain data parallel. The PartialState here says MULTI_GPU on GPUs.
-        if state.device.type == "cpu":
+        # accelerate turns a launch into FSDP in AcceleratorState (made later, by the Trainer's accelerator), and only
+        # from these kinds of launch (accelerate/state.py); the PartialState here still says which one it is
+        shards = {getattr(DistributedType, name, None) for name in (
+            "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_HPU", "MULTI_NEURON")}
+        if state.distributed_type not in shards:
             raise ConfigError(
                 f"the launch asks for FSDP, but accelerate runs {state.distributed_type.value} here: it shards only on "
                 "GPUs and other accelerators, not on CPU (it would silently run plain data parallel); on CPUs "
