@@ -1,5 +1,6 @@
 """GPT-2 124M (12/12/768, context 1024) in bf16 on one GPU: tokens/s and MFU of `llmkit train` with AdamW and with
-Muon, and of nanoGPT's own train.py (benchmarks/nanogpt/, `--compile=True`) in the same call.
+Muon, and of nanoGPT's own train.py (benchmarks/nanogpt/, `--compile=True`, and without compile) in the same
+call.
 
 Both train on the same tokens (the built-in corpus, tokenized by a 50,304-entry byte-level BPE that llmkit trains
 here, so nothing is downloaded), batch 16 x 1024, for `--steps` steps; the first `--warmup` steps are left out.
@@ -8,7 +9,7 @@ bf16 peak (`--peak-tflops`, default from the device name: H100/H200 989, A100 31
 without CUDA it runs a tiny smoke version on CPU (`--smoke`), which checks the script, not the speed, and writes
 no results.
 
-    python benchmarks/gpu_gpt2.py [--steps 60] [--warmup 10] [--peak-tflops 989] [--only compile nanoGPT]
+    python benchmarks/gpu_gpt2.py [--steps 60] [--warmup 10] [--peak-tflops 989] [--only compile Muon]
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from _common import print_table, report
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NANOGPT = REPO / "benchmarks" / "nanogpt"
-# "chunk=BYTES": llmkit-gpt's chunked fused loss (chunked_loss.py, which a training step uses where the logits are
-# large) with chunks of that many bytes of fp32 logits instead of the device's own size (1 GiB on GPUs; 64 MiB is
-# the CPU's); "chunk=0": the loss from the whole (B, T, vocab) logits, as transformers' models compute it.
+# "chunk=BYTES": llmkit-gpt's chunked fused loss (chunked_loss.py, which a training step uses where the logits
+# are large) with chunks of that many bytes of fp32 logits instead of the device's own size (1 GiB on GPUs,
+# 64 MiB on CPUs); "chunk=0": the loss from the whole (B, T, vocab) logits, as transformers' models take it.
 VARIANTS = {
     "llmkit, AdamW (fused)": [],
     "llmkit, AdamW, torch.compile": ["training.torch_compile=true"],
@@ -100,6 +101,9 @@ def main():
             if not args.only or any(o in name for o in args.only):
                 rows.append(llmkit_row(name, extra, work, common, shape, warmup, args.peak_tflops, env))
                 print(json.dumps(rows[-1]), flush=True)
+            if name == "llmkit, AdamW, torch.compile" and cuda:  # both tools uncompiled: how much is compile's
+                rows.append(nanogpt_row(work, shape, steps, warmup, cuda, args.peak_tflops, env, compiled=False))
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not cuda:  # a check of the script: its figures say nothing, and are not written
@@ -138,24 +142,27 @@ def llmkit_row(name: str, extra: list[str], work: pathlib.Path, common: list[str
 
 
 def nanogpt_row(work: pathlib.Path, shape: tuple, steps: int, warmup: int, cuda: bool, peak: float | None,
-                env: dict) -> dict:
+                env: dict, compiled: bool = True) -> dict:
     """nanoGPT's train.py on the same tokens (train.bin/val.bin from llmkit's cache, llmkit's vocabulary size in
-    its meta.pkl): its own loop, the median of its per-iteration times after the warm-up iterations."""
+    its meta.pkl): its own loop, the median of its per-iteration times after the warm-up iterations. `compiled`:
+    its default, on GPUs (never on CPUs)."""
     layers, heads, width, context, batch = shape
-    tokens, vocab = _cached_tokens(work / "cache")
     data = work / "nanogpt" / "data" / "llmkit"
-    shutil.copytree(NANOGPT, work / "nanogpt")
-    data.mkdir(parents=True)
-    with open(data / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": vocab}, f)
-    tokens[: int(len(tokens) * 0.95)].astype(np.uint16).tofile(data / "train.bin")
-    tokens[int(len(tokens) * 0.95):].astype(np.uint16).tofile(data / "val.bin")
-    cmd = [sys.executable, "train.py", "--dataset=llmkit", f"--device={'cuda' if cuda else 'cpu'}", f"--compile={cuda}",
+    if not data.exists():
+        tokens, vocab = _cached_tokens(work / "cache")
+        shutil.copytree(NANOGPT, work / "nanogpt")
+        data.mkdir(parents=True)
+        with open(data / "meta.pkl", "wb") as f:
+            pickle.dump({"vocab_size": vocab}, f)
+        tokens[: int(len(tokens) * 0.95)].astype(np.uint16).tofile(data / "train.bin")
+        tokens[int(len(tokens) * 0.95):].astype(np.uint16).tofile(data / "val.bin")
+    compiled = compiled and cuda
+    cmd = [sys.executable, "train.py", "--dataset=llmkit", f"--device={'cuda' if cuda else 'cpu'}", f"--compile={compiled}",
            f"--n_layer={layers}", f"--n_head={heads}", f"--n_embd={width}", f"--block_size={context}",
            f"--batch_size={batch}", "--gradient_accumulation_steps=1", f"--max_iters={steps}",
            "--eval_interval=100000", "--eval_iters=1", "--log_interval=1", f"--dtype={'bfloat16' if cuda else 'float32'}",
            "--always_save_checkpoint=False", f"--out_dir={work / 'nano-out'}"]
-    name = "nanoGPT train.py" + (" (compile)" if cuda else "")
+    name = "nanoGPT train.py" + (" (compile)" if compiled else " (no compile)" if cuda else "")
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work / "nanogpt", env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The GPU checks, in one call on a machine with one CUDA GPU (the README's "On a GPU"): the GPT-2 124M benchmark
-# against nanoGPT, an FSDP2 launch (train with a sharded checkpoint, resume from it, sample the saved model), and
-# the test files whose in-process runs take the GPU when there is one. Logs go to $OUT (default /tmp/gpu-checks).
+# The GPU checks, in one call on a machine with one CUDA GPU (README "Time to quality"): the GPT-2 124M
+# benchmark against nanoGPT, an FSDP2 launch (train with a sharded checkpoint, resume from it, sample the
+# saved model), and the test files whose in-process runs take the GPU when there is one. Logs go to $OUT
+# (default /tmp/gpu-checks).
 #
 #   bash scripts/gpu_checks.sh
 #
-# On a machine without network access, llmkit's dependencies can come as wheels in .whl/ (installed to /tmp/site
-# and put first on PYTHONPATH): every one the machine lacks, transformers' own included (`kernels`: transformers
-# 5.25 loads every model through it; without it every from_pretrained fails). llmkit itself runs from this checkout.
-# Each part has its own time limit, so one that hangs leaves the others their time.
+# On a machine without network access, llmkit's dependencies can come as wheels in .whl/ (installed to
+# /tmp/site and put first on PYTHONPATH): every one the machine lacks, transformers' own included (`kernels`:
+# transformers 5.25 loads every model through it; without it every from_pretrained fails). llmkit itself runs
+# from this checkout. Each part has its own time limit, so one that hangs leaves the others their time.
 set -u
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
@@ -29,7 +30,7 @@ python3 -c "import torch, transformers, accelerate, datasets, peft, trl, kernels
 timeout "${BENCH_SECONDS:-300}" python3 benchmarks/gpu_gpt2.py --steps 80 --warmup 20 2>&1 | tee "$OUT/gpu_gpt2.log"
 cp benchmarks/results/gpu_gpt2.json "$OUT/" 2>/dev/null
 
-# 2. FSDP2 on one process (the launch, sharded checkpoints, --resume, the full model at the end), then a sample
+# 2. FSDP2 on one process (launch, sharded checkpoints, --resume, the whole model at the end), then a sample
 W=$(mktemp -d)
 fsdp() {
     timeout 80 python3 -m accelerate.commands.launch --config_file configs/accelerate/fsdp.yaml --num_processes 1 \

@@ -33,8 +33,9 @@ def last_complete_checkpoint(output_dir: pathlib.Path) -> pathlib.Path | None:
         if match and path.is_dir():
             candidates.append((int(match.group(1)), path))
     for _, path in sorted(candidates, reverse=True):
-        # FSDP writes its shards as torch.distributed.checkpoint folders (pytorch_model_fsdp_0/, optimizer_0/), whose
-        # .metadata file is written last; a full FSDP state dict goes to pytorch_model_fsdp.bin and optimizer.bin
+        # FSDP writes its shards as torch.distributed.checkpoint folders (pytorch_model_fsdp_0/,
+        # optimizer_0/), whose .metadata file is written last; a full FSDP state dict goes to
+        # pytorch_model_fsdp.bin and optimizer.bin
         has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")) or any(
             path.glob("pytorch_model_fsdp_*/.metadata"))
         has_optimizer = (path / "optimizer.pt").exists() or (path / "optimizer.bin").exists() or any(
@@ -99,8 +100,8 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
     converted model is saved back to (the GPT-2 fast path), or None."""
     model = trainer.model
     is_adapter = hasattr(model, "peft_config")
-    # The Trainer sets config.use_cache from TrainingArguments.use_cache (False) for training; the saved model is
-    # for inference, where the cache is on
+    # The Trainer sets config.use_cache from TrainingArguments.use_cache (False) for training; the saved model
+    # is for inference, where the cache is on
     config = getattr(trainer.accelerator.unwrap_model(model), "config", None)
     if config is not None:
         config.use_cache = True
@@ -113,9 +114,9 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
 
             export_model(trainer.accelerator.unwrap_model(model), stock_arch).save_pretrained(out)
     elif trainer.is_fsdp_enabled:
-        # Trainer.save_model writes nothing under FSDP's sharded state dict (configs/accelerate/fsdp.yaml): gather the
-        # full weights on every process (a collective; the main process receives them) and write them there. An
-        # adapter gathers only its trained weights, not the frozen base model.
+        # Trainer.save_model writes nothing under FSDP's sharded state dict (configs/accelerate/fsdp.yaml):
+        # gather the full weights on every process (a collective; the main process receives them) and write
+        # them there. An adapter gathers only its trained weights, not the frozen base model.
         if is_adapter:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -125,8 +126,8 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
             state_dict = trainer.accelerator.get_state_dict(model)
         if is_main:
             unwrapped = trainer.accelerator.unwrap_model(model)
-            # gathered one by one, tied weights are separate tensors save_pretrained cannot tell apart: the tied
-            # copies are left out, as in every other save
+            # gathered one by one, tied weights are separate tensors save_pretrained cannot tell apart: the
+            # tied copies are left out, as in every other save
             tied = getattr(unwrapped, "all_tied_weights_keys", None) or {}
             unwrapped.save_pretrained(out, state_dict={k: v for k, v in state_dict.items() if k not in tied})
     else:

@@ -23,9 +23,9 @@ from .optim import check_muon_launch, muon_trainer_kwargs, validate_optimizer
 from .run_folder import final_eval, last_train_loss, save_model, starting_checkpoint, write_run_files
 from .trainer import LlmkitTrainer, non_embedding_parameters
 
-# Validation tokens scored by each evaluation during training (a fixed subset of the blocks; the last step and the
-# final model are scored on the whole split): about what nanoGPT's CPU recipe estimates its loss on (20 batches of
-# 12 x 64). What it saves: benchmarks/wall_time.py and the README's "Time to quality".
+# Validation tokens scored by each evaluation during training (a fixed subset of the blocks; the last step and
+# the final model are scored on the whole split): about what nanoGPT's CPU recipe estimates its loss on (20
+# batches of 12 x 64). What it saves: benchmarks/wall_time.py and the README's "Time to quality".
 EVAL_SUBSAMPLE_TOKENS = 16_384
 
 
@@ -280,8 +280,9 @@ def check_launch(cfg: Config, state) -> None:
 
     sharded = None
     if parse_flag_from_env("ACCELERATE_USE_FSDP"):
-        # accelerate turns a launch into FSDP in AcceleratorState (made later, by the Trainer's accelerator), and only
-        # from these kinds of launch (accelerate/state.py); the PartialState here still says which one it is
+        # accelerate turns a launch into FSDP in AcceleratorState (made later, by the Trainer's accelerator),
+        # and only from these kinds of launch (accelerate/state.py); the PartialState here still says which
+        # one it is
         shards = {getattr(DistributedType, name, None) for name in (
             "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_SDAA", "MULTI_MUSA", "MULTI_HPU", "MULTI_NEURON")}
         if state.distributed_type not in shards:
