@@ -99,10 +99,11 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
     `base` is the pretrained model as the user named it (for the adapter config); `stock_arch` the architecture a
     converted model is saved back to (the GPT-2 fast path), or None."""
     model = trainer.model
+    unwrapped = trainer.accelerator.unwrap_model(model)
     is_adapter = hasattr(model, "peft_config")
     # The Trainer sets config.use_cache from TrainingArguments.use_cache (False) for training; the saved model
     # is for inference, where the cache is on
-    config = getattr(trainer.accelerator.unwrap_model(model), "config", None)
+    config = getattr(unwrapped, "config", None)
     if config is not None:
         config.use_cache = True
     if is_adapter and base:
@@ -112,7 +113,7 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
         if is_main:
             from ..models.conversions import export_model
 
-            export_model(trainer.accelerator.unwrap_model(model), stock_arch).save_pretrained(out)
+            export_model(unwrapped, stock_arch).save_pretrained(out)
     elif trainer.is_fsdp_enabled:
         # Trainer.save_model writes nothing under FSDP's sharded state dict (configs/accelerate/fsdp.yaml):
         # gather the full weights on every process (a collective; the main process receives them) and write
@@ -125,7 +126,6 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
         else:
             state_dict = trainer.accelerator.get_state_dict(model)
         if is_main:
-            unwrapped = trainer.accelerator.unwrap_model(model)
             # gathered one by one, tied weights are separate tensors save_pretrained cannot tell apart: the
             # tied copies are left out, as in every other save
             tied = getattr(unwrapped, "all_tied_weights_keys", None) or {}
@@ -134,7 +134,6 @@ def save_model(trainer: Trainer, out: pathlib.Path, *, base: str | None, stock_a
         trainer.save_model(str(out))  # on every process: ZeRO-3 gathers the weights collectively; one writes
     if not is_main:
         return
-    unwrapped = trainer.accelerator.unwrap_model(model)
     generation_config = getattr(unwrapped, "generation_config", None)
     if generation_config is not None:
         generation_config.save_pretrained(out)
