@@ -56,8 +56,11 @@ BLOCK = 64
 MUON = ["training.optimizer=muon", "training.muon.lr=0.03"]
 WSD = ["training.lr_scheduler_type=warmup_stable_decay", "training.warmup_steps=10",
        "training.lr_scheduler_kwargs={}"]  # decays over the last 20% by default
-# the previous presets' batch and Muon lr, in fp32 (as they ran: the preset's default is bf16 on CPUs with AMX now)
-B24 = ["training.per_device_train_batch_size=24", "training.muon.lr=0.03", "training.bf16=false"]
+# the earlier presets' model, 4 blocks of 128 (the preset has 2 of 192), and their cosine decay over the last half
+FOUR_BY_128 = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128"]
+PREVIOUS = [*FOUR_BY_128, "training.muon.lr=0.04", "training.lr_scheduler_kwargs={num_decay_steps: 160}"]
+# the presets before that: batch 24 and Muon lr 0.03, in fp32 (as they ran: bf16 is the default on CPUs with AMX now)
+B24 = [*FOUR_BY_128, "training.per_device_train_batch_size=24", "training.muon.lr=0.03", "training.bf16=false"]
 OLD = [*B24, "training.learning_rate=2e-3", "training.max_steps=280",
        "training.lr_scheduler_kwargs={num_decay_steps: 140}"]
 B24_220 = [*B24, "training.max_steps=220", "training.lr_scheduler_kwargs={num_decay_steps: 110}",
@@ -75,13 +78,15 @@ LEVERS = [
                                                                              "model.zero_init_residual=false"]),
     ("+ QK-norm", PRESET, [*OLD, "model.zero_init_residual=false"]),
     ("+ zero-initialised residual projections", PRESET, OLD),
-    ("+ AdamW 4e-3 on embeddings and norms, 220 steps (the previous preset)", PRESET, B24_220),
+    ("+ AdamW 4e-3 on embeddings and norms, 220 steps (an earlier preset)", PRESET, B24_220),
     ("  ReLU² (alone, on the row above)", PRESET, [*B24_220, "model.activation_function=relu2"]),
     ("  untied head (alone, on the row above)", PRESET, [*B24_220, "model.tie_word_embeddings=false"]),
     ("  bf16 autocast (alone, on the row above)", PRESET, [*B24_220, "training.bf16=true"]),
     ("  torch.compile (alone, on the row above)", PRESET, [*B24_220, "training.torch_compile=true"]),
-    ("+ batch 12, 320 steps, Muon lr 0.04 (the preset in fp32)", PRESET, ["training.bf16=false"]),
-    ("+ bf16 autocast, attention in fp32: the preset (its default on a CPU with AMX)", PRESET, ["training.bf16=true"]),
+    ("+ batch 12, 320 steps, Muon lr 0.04 (the previous preset, in fp32)", PRESET, [*PREVIOUS, "training.bf16=false"]),
+    ("+ bf16 autocast, attention in fp32 (the previous preset)", PRESET, [*PREVIOUS, "training.bf16=true"]),
+    ("+ linear decay over the last 200 steps", PRESET, [*FOUR_BY_128, "training.muon.lr=0.04"]),
+    ("+ 2 blocks of 192 (6 heads), Muon lr 0.03: the preset", PRESET, []),
     ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                                 "training.learning_rate=3e-3"]),
 ]

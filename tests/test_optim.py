@@ -17,7 +17,7 @@ from conftest import assert_resumed_like_uninterrupted, kill_and_resume
 from llmkit import LlmkitGPTConfig, LlmkitGPTForCausalLM
 from llmkit.cli import main
 from llmkit.config import ConfigError, load_config
-from llmkit.training import train
+from llmkit.training import optim, train
 from llmkit.training.optim import (
     BatchedMuon,
     MuonFactory,
@@ -77,11 +77,17 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
     {"nesterov": False, "weight_decay": 0.0, "adjust_lr_fn": "original", "ns_steps": 3},
     {"adjust_lr_fn": "match_rms_adamw", "momentum": 0.9, "lr": 0.02},
 ])
-def test_batched_muon_makes_torchs_muon_updates(settings):
-    """BatchedMuon runs same-shaped matrices' Newton-Schulz iterations together: the parameters and momentum after
-    several steps are torch.optim.Muon's, for tall, wide and square matrices, repeated and alone, over two groups
-    (one of them with a matrix that gets no gradient), and the state loads into torch's optimizer."""
+@pytest.mark.parametrize("padded", [True, False], ids=["padded batches", "one batch per shape"])
+def test_batched_muon_makes_torchs_muon_updates(settings, padded, monkeypatch):
+    """BatchedMuon runs many matrices' Newton-Schulz iterations together: the parameters and momentum after several
+    steps are torch.optim.Muon's, for tall, wide and square matrices, repeated and alone, over two groups (one of
+    them with a matrix that gets no gradient), and the state loads into torch's optimizer. Both ways of batching:
+    matrices sharing their short side padded to one batch (small ones), and one batch per shape (large ones)."""
     shapes = [(48, 16), (16, 48), (16, 16), (48, 16), (16, 48), (24, 40), (48, 16)]
+    if not padded:
+        monkeypatch.setattr(optim, "PAD_BELOW", 0)
+    batches = optim._ns_batches([torch.empty(s) for s in shapes])
+    assert sorted(map(len, batches)) == ([1, 6] if padded else [1, 1, 2, 3])
     torch.manual_seed(0)
     start = [torch.randn(s) for s in shapes]
     grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
@@ -224,6 +230,14 @@ def test_warmup_stable_decay_and_linear_to_zero(corpus, tmp_path):
     assert lr[2] < lr[4]  # warmup
     assert lr[5] == lr[10] == lr[16] == pytest.approx(2e-3)  # stable until the last 20% (4 steps)
     assert lr[17] > lr[18] > lr[19] > lr[20]  # decay, to zero by default
+    _, linear_decay = run(corpus, tmp_path, "wsd-linear", "training.lr_scheduler_type=warmup_stable_decay",
+                          "training.warmup_steps=4", "training.learning_rate=2e-3",
+                          "training.lr_scheduler_kwargs={num_decay_steps: 4, decay_type: linear, min_lr_ratio: 1e-1}",
+                          steps=20)  # a name passes as it is, a number YAML reads as text (1e-1) as a number
+    lr = {h["step"]: h["learning_rate"] for h in linear_decay if "learning_rate" in h}
+    steps = [lr[17] - lr[18], lr[18] - lr[19], lr[19] - lr[20]]
+    assert steps == pytest.approx([steps[0]] * 3) and steps[0] > 0  # a straight line down
+    assert lr[20] >= 2e-4 * 0.999  # to min_lr_ratio x the peak, not below
     _, linear = run(corpus, tmp_path, "linear", "training.lr_scheduler_type=linear", "training.warmup_steps=0",
                     "training.learning_rate=2e-3", steps=10)
     lr = {h["step"]: h["learning_rate"] for h in linear if "learning_rate" in h}

@@ -205,9 +205,39 @@ def training_arguments(cfg: Config, output_dir: str | None = None, has_eval: boo
         args["include_num_input_tokens_seen"] = "non_padding" if cfg.data.packing == "padded" else "all"
     args.update(optim_setting(cfg.training))
     kwargs = dict(args.get("lr_scheduler_kwargs") or {})
-    args["lr_scheduler_kwargs"] = {k: float(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    args["lr_scheduler_kwargs"] = {k: _number_or_text(v) for k, v in kwargs.items()}
     args["remove_unused_columns"] = False
     try:
-        return args_class(**args)
+        built = args_class(**args)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"training settings rejected by {args_class.__name__}: {str(err).splitlines()[0]}") from None
+    _check_schedule(built)
+    return built
+
+
+def _check_schedule(args: TrainingArguments) -> None:
+    """Build the run's learning-rate schedule once, on a throwaway optimizer, as the Trainer will: a schedule
+    argument it refuses (`decay_type: sqrt`, a misspelt key) fails now in one line, not at the first step."""
+    from transformers import get_scheduler
+
+    steps = args.max_steps if args.max_steps > 0 else 1000  # an epoch-based run's length is known later
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
+                      num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"training.lr_scheduler_kwargs={dict(args.lr_scheduler_kwargs)} refused by the "
+                          f"{args.lr_scheduler_type.value} schedule: {str(err).splitlines()[0]}; fix the value or drop "
+                          "the key") from None
+
+
+def _number_or_text(value):
+    """A schedule argument as YAML gave it, numbers written as text (`1e-5`, which YAML reads as a string) made
+    numbers, names (`decay_type: 1-sqrt`) left alone."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+

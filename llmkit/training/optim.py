@@ -13,11 +13,16 @@ Design choices:
   groups, one state, so the LR scheduler, gradient clipping and checkpoint save/resume see a single optimizer).
   That wrapper is llmkit's; the update rules are PyTorch's.
 - `BatchedMuon` is `torch.optim.Muon` with one change of execution, not of arithmetic: the Newton-Schulz iterations
-  of matrices of the same shape run as one batched product (`baddbmm`) instead of one matrix at a time, and the
-  momentum and weight-decay updates as `_foreach` ops. A GPT's blocks repeat the same few shapes, so a step costs
-  a few batched products instead of (layers x matrices) small ones; the update is PyTorch's, step for step
-  (tests/test_optim.py compares the two), and the state (`momentum_buffer`) is the same, so checkpoints load in
-  either. Hand-written where PyTorch has the rule: only this loop (its Muon orthogonalizes one matrix per call).
+  of many matrices run as one batched product (`baddbmm`) instead of one matrix at a time, and the momentum and
+  weight-decay updates as `_foreach` ops. A GPT's blocks repeat the same few shapes, so a step costs a few batched
+  products instead of (layers x matrices) small ones. Small models go further: all matrices that share their
+  short side (every block matrix of a GPT: the width) run as one batch, the narrower ones padded with zero columns,
+  which the iterations keep at zero, while the padded batch holds at most `PAD_BELOW` elements. Small products are
+  bound by the number of calls, not by arithmetic, so the padding is cheaper than the calls it saves; large ones
+  (GPT-2 124M's) keep one batch per shape, where padding would only add work. The update is PyTorch's, step for
+  step (tests/test_optim.py compares the two, both ways of batching), and the state (`momentum_buffer`) is the
+  same, so checkpoints load in either. Hand-written where PyTorch has the rule: only this loop (its Muon
+  orthogonalizes one matrix per call).
 - Muon orthogonalizes each whole matrix. Under FSDP or DeepSpeed a process holds a slice (a row block, or a
   flattened 1-D partition) and Muon would orthogonalize the slice: a different update, silently. Both are
   refused at start; data parallel (every process holds every matrix) is supported.
@@ -169,30 +174,65 @@ def _closure_loss(closure):
         return closure()
 
 
+PAD_BELOW = 1 << 22  # elements of a padded batch of Newton-Schulz iterations (see the module docstring)
+
+
 def _batched_muon(params: list, grads: list, bufs: list, group: dict) -> None:
-    """One Muon step (torch.optim._muon._single_tensor_muon's arithmetic), same-shaped matrices at once."""
+    """One Muon step (torch.optim._muon._single_tensor_muon's arithmetic), many matrices at once."""
     lr = float(group["lr"])
     momentum = group["momentum"]
-    a, b, c = group["ns_coefficients"]
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
     torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-    batches: dict[tuple, list[int]] = {}
+    by_ratio: dict[float, tuple[list, list]] = {}
+    for index in _ns_batches(params):
+        for i, u in zip(index, _orthogonalize([updates[i] for i in index], group)):
+            ps, us = by_ratio.setdefault(_lr_ratio(group, tuple(params[i].shape)), ([], []))
+            ps.append(params[i])
+            us.append(u)
+    for ratio, (ps, us) in by_ratio.items():
+        torch._foreach_add_(ps, us, alpha=-lr * ratio)
+
+
+def _ns_batches(params: list) -> list[list[int]]:
+    """Indices of the matrices that run their Newton-Schulz iterations as one batch: those of one shape, and all
+    those sharing their short side (dtype and device) when the batch padded to the longest is small."""
+    by_short: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
-        batches.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
-    for (shape, _, _), index in batches.items():
-        x = torch.stack([updates[i] for i in index]).bfloat16()  # (k, rows, cols)
-        tall = shape[0] > shape[1]
-        if tall:
-            x = x.mT  # iterate on the wide side: the Gram matrices are (k, small, small)
-        x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=group["eps"])  # spectral norm at most 1
-        for _ in range(group["ns_steps"]):
-            gram = x @ x.mT
-            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-        if tall:
-            x = x.mT
-        x = x.to(params[index[0]].dtype)
-        torch._foreach_add_([params[i] for i in index], list(x.unbind(0)), alpha=-lr * _lr_ratio(group, shape))
+        by_short.setdefault((min(p.shape), p.dtype, p.device), []).append(i)
+    batches = []
+    for (short, _, _), index in by_short.items():
+        if len(index) * short * max(max(params[i].shape) for i in index) <= PAD_BELOW:
+            batches.append(index)
+            continue
+        by_shape: dict[tuple, list[int]] = {}
+        for i in index:
+            by_shape.setdefault(tuple(params[i].shape), []).append(i)
+        batches.extend(by_shape.values())
+    return batches
+
+
+def _orthogonalize(mats: list, group: dict) -> list:
+    """Newton-Schulz iterations (torch.optim.Muon's, in bf16) on matrices with the same short side, as one batch.
+    Each runs on its wide orientation (the Gram matrices are short x short); narrower ones are padded with zero
+    columns to the widest, which the iterations keep at zero (each step maps X to p(X X^T) X), so the result is
+    the unpadded one's. Returns views in each matrix's own orientation."""
+    a, b, c = group["ns_coefficients"]
+    tall = [m.shape[0] > m.shape[1] for m in mats]
+    if all(m.shape == mats[0].shape for m in mats):
+        x = torch.stack(mats).bfloat16()  # (k, rows, cols)
+        if tall[0]:
+            x = x.mT  # a view, as in torch's loop: the same products
+    else:
+        x = mats[0].new_zeros((len(mats), min(mats[0].shape), max(max(m.shape) for m in mats)), dtype=torch.bfloat16)
+        for j, m in enumerate(mats):
+            x[j, :, : max(m.shape)] = m.mT if tall[j] else m
+    x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=group["eps"])  # spectral norm at most 1
+    for _ in range(group["ns_steps"]):
+        gram = x @ x.mT  # (k, short, short)
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.to(mats[0].dtype)
+    return [x[j, :, : max(m.shape)].mT if tall[j] else x[j, :, : max(m.shape)] for j, m in enumerate(mats)]
 
 
 def _lr_ratio(group: dict, shape: tuple) -> float:
