@@ -85,7 +85,7 @@ LEVERS = [
     ("  torch.compile (alone, on the row above)", PRESET, [*B24_220, "training.torch_compile=true"]),
     ("+ batch 12, 320 steps, Muon lr 0.04 (the previous preset, in fp32)", PRESET, [*PREVIOUS, "training.bf16=false"]),
     ("+ bf16 autocast, attention in fp32 (the previous preset)", PRESET, [*PREVIOUS, "training.bf16=true"]),
-    ("+ linear decay over the last 200 steps", PRESET, [*FOUR_BY_128, "training.muon.lr=0.04"]),
+    ("+ linear decay over the last 200 steps (from a cosine over 160)", PRESET, [*FOUR_BY_128, "training.muon.lr=0.04"]),
     ("+ 2 blocks of 192 (6 heads), Muon lr 0.03: the preset", PRESET, []),
     ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                                 "training.learning_rate=3e-3"]),

@@ -221,7 +221,12 @@ def _check_schedule(args: TrainingArguments) -> None:
     from transformers import get_scheduler
 
     steps = args.max_steps if args.max_steps > 0 else 1000  # an epoch-based run's length is known later
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    kwargs = args.lr_scheduler_kwargs or {}
+    # as many param groups as a per-group argument lists (reduce_lr_on_plateau's min_lr: [...]), and the run's
+    # learning rate (polynomial's lr_end is checked against it)
+    groups = max((len(v) for v in kwargs.values() if isinstance(v, (list, tuple))), default=1)
+    optimizer = torch.optim.SGD([{"params": [torch.zeros(1, requires_grad=True)]} for _ in range(groups)],
+                                lr=args.learning_rate)
     try:
         get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
                       num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)

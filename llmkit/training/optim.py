@@ -20,8 +20,8 @@ Design choices:
   which the iterations keep at zero, while the padded batch holds at most `PAD_BELOW` elements. Small products are
   bound by the number of calls, not by arithmetic, so the padding is cheaper than the calls it saves; large ones
   (GPT-2 124M's) keep one batch per shape, where padding would only add work. The update is PyTorch's, step for
-  step (tests/test_optim.py compares the two, both ways of batching), and the state (`momentum_buffer`) is the
-  same, so checkpoints load in either. Hand-written where PyTorch has the rule: only this loop (its Muon
+  step, up to the rounding of bf16 products summed in another order (tests/test_optim.py compares the two on the
+  CPU, both ways of batching), and the state (`momentum_buffer`) is the same, so checkpoints load in either. Hand-written where PyTorch has the rule: only this loop (its Muon
   orthogonalizes one matrix per call).
 - Muon orthogonalizes each whole matrix. Under FSDP or DeepSpeed a process holds a slice (a row block, or a
   flattened 1-D partition) and Muon would orthogonalize the slice: a different update, silently. Both are
@@ -143,7 +143,7 @@ def muon_flops(named: list) -> int:
 
 
 class BatchedMuon(torch.optim.Muon):
-    """`torch.optim.Muon`'s update, with the Newton-Schulz iterations of same-shaped matrices batched (see the module
+    """`torch.optim.Muon`'s update, with the Newton-Schulz iterations of many matrices batched (see the module
     docstring). Same constructor, defaults, param groups and state."""
 
     @torch.no_grad()
@@ -184,14 +184,14 @@ def _batched_muon(params: list, grads: list, bufs: list, group: dict) -> None:
     torch._foreach_lerp_(bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else bufs
     torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-    by_ratio: dict[float, tuple[list, list]] = {}
     for index in _ns_batches(params):
+        by_ratio: dict[float, tuple[list, list]] = {}  # one batch's updates at a time: a batch's memory, no more
         for i, u in zip(index, _orthogonalize([updates[i] for i in index], group)):
             ps, us = by_ratio.setdefault(_lr_ratio(group, tuple(params[i].shape)), ([], []))
             ps.append(params[i])
             us.append(u)
-    for ratio, (ps, us) in by_ratio.items():
-        torch._foreach_add_(ps, us, alpha=-lr * ratio)
+        for ratio, (ps, us) in by_ratio.items():
+            torch._foreach_add_(ps, us, alpha=-lr * ratio)
 
 
 def _ns_batches(params: list) -> list[list[int]]:
