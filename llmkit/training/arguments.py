@@ -245,4 +245,3 @@ def _number_or_text(value):
         except ValueError:
             return value
     return value
-

@@ -12,17 +12,18 @@ Design choices:
   the model. The two optimizers are one `torch.optim.Optimizer` to the Trainer (`MuonWithAdamW`: one list of param
   groups, one state, so the LR scheduler, gradient clipping and checkpoint save/resume see a single optimizer).
   That wrapper is llmkit's; the update rules are PyTorch's.
-- `BatchedMuon` is `torch.optim.Muon` with one change of execution, not of arithmetic: the Newton-Schulz iterations
-  of many matrices run as one batched product (`baddbmm`) instead of one matrix at a time, and the momentum and
-  weight-decay updates as `_foreach` ops. A GPT's blocks repeat the same few shapes, so a step costs a few batched
-  products instead of (layers x matrices) small ones. Small models go further: all matrices that share their
-  short side (every block matrix of a GPT: the width) run as one batch, the narrower ones padded with zero columns,
-  which the iterations keep at zero, while the padded batch holds at most `PAD_BELOW` elements. Small products are
-  bound by the number of calls, not by arithmetic, so the padding is cheaper than the calls it saves; large ones
-  (GPT-2 124M's) keep one batch per shape, where padding would only add work. The update is PyTorch's, step for
-  step, up to the rounding of bf16 products summed in another order (tests/test_optim.py compares the two on the
-  CPU, both ways of batching), and the state (`momentum_buffer`) is the same, so checkpoints load in either. Hand-written where PyTorch has the rule: only this loop (its Muon
-  orthogonalizes one matrix per call).
+- `BatchedMuon` is `torch.optim.Muon` with one change of execution, not of arithmetic: the Newton-Schulz
+  iterations of many matrices run as one batched product (`baddbmm`) instead of one matrix at a time, and the
+  momentum and weight-decay updates as `_foreach` ops. A GPT's blocks repeat the same few shapes, so a step
+  costs a few batched products instead of (layers x matrices) small ones. Small models go further: all
+  matrices that share their short side (every block matrix of a GPT: the width) run as one batch, the narrower
+  ones padded with zero columns, which the iterations keep at zero, while the padded batch holds at most
+  `PAD_BELOW` elements. Small products are bound by the number of calls, not by arithmetic, so the padding is
+  cheaper than the calls it saves; large ones (GPT-2 124M's) keep one batch per shape, where padding would
+  only add work. The update is PyTorch's, step for step, up to the rounding of bf16 products summed in another
+  order (tests/test_optim.py compares the two on the CPU, both ways of batching), and the state
+  (`momentum_buffer`) is the same, so checkpoints load in either. Hand-written where PyTorch has the rule:
+  only this loop (its Muon orthogonalizes one matrix per call).
 - Muon orthogonalizes each whole matrix. Under FSDP or DeepSpeed a process holds a slice (a row block, or a
   flattened 1-D partition) and Muon would orthogonalize the slice: a different update, silently. Both are
   refused at start; data parallel (every process holds every matrix) is supported.
