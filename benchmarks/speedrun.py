@@ -58,8 +58,10 @@ WSD = ["training.lr_scheduler_type=warmup_stable_decay", "training.warmup_steps=
        "training.lr_scheduler_kwargs={}"]  # decays over the last 20% by default
 # the earlier presets' model, 4 blocks of 128 (the preset has 2 of 192) with Muon's momentum at 0.95 (0.9 now), and
 # their 320 steps with a cosine decay over the last half (288 steps, a linear decay over the last 180 now)
-FOUR_BY_128 = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "training.muon.momentum=0.95"]
-S320 = ["training.max_steps=320", "training.eval_steps=320", "training.save_steps=320"]
+# and random windows, as nanoGPT draws them (the preset cuts the play into shuffled blocks now)
+WINDOWS = ["data.packing=random"]
+FOUR_BY_128 = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "training.muon.momentum=0.95", *WINDOWS]
+S320 = ["training.max_steps=320", "training.eval_steps=320", "training.save_steps=320", *WINDOWS]
 LINEAR_320 = [*S320, "training.lr_scheduler_kwargs={num_decay_steps: 200, decay_type: linear}"]
 PREVIOUS = [*FOUR_BY_128, *S320, "training.muon.lr=0.04", "training.lr_scheduler_kwargs={num_decay_steps: 160}"]
 # the presets before that: batch 24 and Muon lr 0.03, in fp32 (as they ran: bf16 is the default on CPUs with AMX now)
@@ -92,7 +94,8 @@ LEVERS = [
                                                                                 "training.muon.lr=0.04"]),
     ("+ 2 blocks of 192 (6 heads), Muon lr 0.03", PRESET, [*LINEAR_320, "training.muon.momentum=0.95"]),
     ("+ Muon momentum 0.9", PRESET, LINEAR_320),
-    ("+ 288 steps, linear decay over the last 180: the preset", PRESET, []),
+    ("+ 288 steps, linear decay over the last 180", PRESET, WINDOWS),
+    ("+ shuffled blocks instead of random windows: the preset", PRESET, []),
     ("  AdamW instead of Muon (alone, on the preset)", PRESET, ["training.optimizer=adamw", "training.muon=null",
                                                                 "training.learning_rate=3e-3"]),
 ]

@@ -277,6 +277,48 @@ def test_rotary_logits_depend_on_relative_positions_only():
     assert (stretched - base).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}],
+                         ids=["default RoPE", "linear scaling"])
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["no QK-norm", "QK-norm"])
+def test_queries_and_keys_are_transformers_rmsnorm_then_apply_rotary_pos_emb(qk_norm, rope):
+    """llmkit-gpt normalises and rotates q and k together in fewer passes (`_rotate`); what reaches the attention
+    function is, to fp32 rounding, transformers' own arithmetic on c_attn's output: each RMSNorm module (trained
+    scales, q's and k's different), then Llama's `apply_rotary_pos_emb`, with position ids that are not 0..T-1."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    seen = []
+
+    def recording_sdpa(module, query, key, value, *args, **kwargs):
+        seen.append((query, key))
+        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+    AttentionInterface.register("llmkit_test_qk_sdpa", recording_sdpa)
+    model = tiny(seed=9, position_embedding_type="rotary", qk_norm=qk_norm, rope_parameters=rope,
+                 attn_implementation="llmkit_test_qk_sdpa")
+    attn = model.transformer.h[1].attn
+    if qk_norm:
+        with torch.no_grad():
+            attn.q_norm.weight.uniform_(0.5, 1.5)
+            attn.k_norm.weight.uniform_(-1.5, -0.5)
+    projected = []
+    attn.c_attn.register_forward_hook(lambda m, i, o: projected.append(o))
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 12))
+    pos = (torch.arange(12) + 5).unsqueeze(0).expand(2, -1)
+    with torch.no_grad():
+        model(ids, position_ids=pos)
+        B, T, nh, hs = 2, 12, attn.n_head, attn.head_dim
+        q, k, _ = (t.view(B, T, nh, hs) for t in projected[0].split(nh * hs, dim=2))
+        if qk_norm:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        cos, sin = model.transformer.rotary_emb(projected[0], pos)
+        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    query, key = seen[1]
+    torch.testing.assert_close(query, q, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(key, k, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", ["learned", "rotary"])
 def test_bf16_autocast_forward_and_backward_match_fp32(variant):
     model = tiny(seed=6, **VARIANTS[variant]).train()

@@ -12,8 +12,11 @@ Design choices:
   every attention backend share one code path. KV caching uses transformers `Cache` objects, passed as `cache`
   (transformers 5.24's name, as in its Llama and GPT-2; the old `past_key_values` keyword still works for
   callers through transformers' own `deprecate_kwarg`, with its FutureWarning).
-- Rotary positions reuse transformers' RoPE (`LlamaRotaryEmbedding`, `rotate_half`), so RoPE scaling types
-  (linear, dynamic, yarn, ...) come for free through `rope_parameters`. q and k are rotated in one pass.
+- Rotary positions reuse transformers' RoPE tables (`LlamaRotaryEmbedding`), so RoPE scaling types (linear,
+  dynamic, yarn, ...) come for free through `rope_parameters`; the rotation is `apply_rotary_pos_emb`'s arithmetic
+  (half-split pairs, `rotate_half`) in fewer passes over q and k (`_rotate`). q and k are normalised (QK-norm) and
+  rotated together, in one pass each: in a small model's CPU step these elementwise passes cost as much as the
+  products.
 - transformers' whole model contract, as its GPT-2 and Llama keep it: hidden states and attentions through its
   output-capture hooks (`_can_record_outputs`), `return_dict=False` tuples (`can_return_tuple`), logits whenever
   the forward is asked for them. Every dropout is an `nn.Dropout` (attention's is read as a rate), so switches
@@ -46,7 +49,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, rotate_half
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
@@ -78,6 +81,15 @@ def _in_weight_dtype(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class LlmkitGPTRotaryEmbedding(LlamaRotaryEmbedding):
     """RoPE cos/sin tables from `config.rope_parameters` (transformers' implementation)."""
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' `apply_rotary_pos_emb` on one tensor, `x * cos + rotate_half(x) * sin`, in fewer passes:
+    rotate_half(x) is x rolled by half a head with its first half negated, and the sign goes into sin (a table of
+    (B, T, 1, hs)). Each pass over x is measurable in a small model's CPU step."""
+    half = x.shape[-1] // 2
+    signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return torch.addcmul(x * cos, x.roll(half, dims=-1), signed_sin)
 
 
 def eager_attention_forward(
@@ -151,14 +163,13 @@ class LlmkitGPTAttention(nn.Module):
                 query = _in_weight_dtype(self.q_norm, query).to(qkv.dtype)
                 key = _in_weight_dtype(self.k_norm, key).to(qkv.dtype)
             query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
-        else:  # rotary: q and k rotated together
+        else:  # rotary: q and k normalised and rotated together, in the tables' dtype (fp32 unless the model is not)
             qk, value = qkv.split((2 * C, C), dim=2)
-            qk = qk.view(B, T, 2 * self.n_head, self.head_dim)  # (B, T, 2nh, hs)
-            if self.qk_norm:  # normalised over hs, before the rotation
-                qk = torch.cat((_in_weight_dtype(self.q_norm, qk[:, :, : self.n_head]),
-                                _in_weight_dtype(self.k_norm, qk[:, :, self.n_head :])), dim=2)
             cos, sin = position_embeddings  # (B, T, 1, hs)
-            qk = (qk * cos + rotate_half(qk) * sin).to(qkv.dtype)  # transformers' apply_rotary_pos_emb, q|k at once
+            qk = qk.view(B, T, 2 * self.n_head, self.head_dim).to(cos.dtype)  # (B, T, 2nh, hs)
+            if self.qk_norm:  # normalised over hs, before the rotation: q's and k's RMSNorm in one pass
+                qk = nn.functional.rms_norm(qk, (self.head_dim,), eps=self.q_norm.eps) * self._qk_scales(qk.dtype)
+            qk = _rotate(qk, cos, sin).to(qkv.dtype)
             query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
             value = value.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
@@ -181,6 +192,11 @@ class LlmkitGPTAttention(nn.Module):
             )
         attn_output = attn_output.reshape(B, T, C)
         return self.resid_dropout(self.c_proj(attn_output)), attn_weights
+
+    def _qk_scales(self, dtype: torch.dtype) -> torch.Tensor:
+        """q_norm's and k_norm's learned scales, one row per head of q then of k: (2nh, hs)."""
+        n = self.n_head
+        return torch.cat((self.q_norm.weight.expand(n, -1), self.k_norm.weight.expand(n, -1))).to(dtype)
 
 
 class LlmkitGPTMLP(nn.Module):

@@ -122,6 +122,16 @@ class LlmkitTrainer(Trainer):
             pathlib.Path(output_dir).mkdir(parents=True, exist_ok=True)
         super().save_model(output_dir, _internal_call=_internal_call)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The Trainer's evaluation step, under `torch.inference_mode` as well as its `no_grad`: no autograd
+        bookkeeping at all (views and version counters), which takes a measurable share of a small model's
+        evaluation on a CPU (benchmarks/wall_time.py). Sharded launches (FSDP, DeepSpeed) keep `no_grad` alone:
+        they gather parameters in the forward that their training steps then reuse, which inference tensors
+        cannot be."""
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        with torch.inference_mode(not sharded):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """The Trainer's evaluation; on the whole validation split at the last step when the run evaluates a
         subsample during training."""

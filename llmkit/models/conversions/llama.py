@@ -9,7 +9,7 @@ Design choices:
 - Fused projections are split / joined along the output dim: c_attn (3C, C) = q_proj | k_proj | v_proj,
   each (C, C) with heads of head_dim rows in order, the layout Llama's `view(..., -1, head_dim)` reads;
   c_fc (2I, C) = gate_proj | up_proj, each (I, C), the order of llmkit-gpt's `gate, up = h.chunk(2, -1)`.
-- Both models compute RoPE with transformers' `LlamaRotaryEmbedding` and `rotate_half` (half-split pairing)
+- Both models compute RoPE tables with transformers' `LlamaRotaryEmbedding` and rotate half-split pairs
   from the same `rope_parameters` (rope_type, rope_theta, scaling settings), head_dim and
   max_position_embeddings = n_positions, so the rotation is the same for every RoPE type.
 - Llama has attention dropout only: `attn_pdrop` is carried; `embd_pdrop`/`resid_pdrop` (training only,
