@@ -317,6 +317,15 @@ def test_queries_and_keys_are_transformers_rmsnorm_then_apply_rotary_pos_emb(qk_
     query, key = seen[1]
     torch.testing.assert_close(query, q, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(key, k, rtol=1e-5, atol=1e-6)
+    if qk_norm:  # a hooked norm (PEFT, accelerate's offloading, a user's hook) is called as a module, same result
+        calls = []
+        attn.k_norm.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+        seen.clear()
+        with torch.no_grad():
+            model(ids, position_ids=pos)
+        assert calls == [(B, T, nh, hs)]
+        torch.testing.assert_close(seen[1][0], q, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(seen[1][1], k, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["learned", "rotary"])

@@ -222,6 +222,33 @@ def test_evaluations_during_training_score_a_fixed_subsample_and_the_end_the_who
     assert metrics["eval_loss"] == pytest.approx(loss, rel=1e-4)
 
 
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_evaluations_run_in_inference_mode_and_training_goes_on_after_them(lora, corpus, tmp_path):
+    """Every evaluation forward (steps 6 and 12 of 18, and the final one) runs under torch.inference_mode, every
+    training forward outside it; training after an evaluation goes on lowering the loss, so nothing an evaluation
+    made (inference tensors cannot be saved for backward) reached a later step."""
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_pre_hook(lambda m, a: seen.append((m.training, torch.is_inference_mode_enabled())))
+
+    overrides = [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "training.max_steps=18",
+                 "training.eval_steps=6", "training.logging_steps=1", "sample.max_new_tokens=0"]
+    if lora:
+        overrides.append("lora.r=4")
+    metrics = train(load_config(None, overrides), output_dir=str(tmp_path / "run"), log=lambda *a: None,
+                    callbacks=[Watch()])
+    assert metrics["global_step"] == 18
+    assert {mode for training, mode in seen if training} == {False}
+    assert {mode for training, mode in seen if not training} == {True}
+    assert sum(not training for training, _ in seen) >= 4  # three evaluations during training and the final one
+    losses = logged_steps(read_json(tmp_path / "run" / "log_history.json"), "loss", 0)
+    assert sum(losses[s] for s in range(13, 19)) < sum(losses[s] for s in range(1, 7))
+
+
 def test_same_config_and_seed_give_the_same_run(corpus, tmp_path):
     """Two `llmkit train` runs of one config with a fixed training.seed start from the same weights and log the
     same losses (HF's set_seed(args.seed) runs in Trainer.__init__, after llmkit has built the model)."""

@@ -83,10 +83,18 @@ class LlmkitGPTRotaryEmbedding(LlamaRotaryEmbedding):
     """RoPE cos/sin tables from `config.rope_parameters` (transformers' implementation)."""
 
 
+def _plain_module(module: nn.Module, cls: type) -> bool:
+    """`module` is exactly a `cls`, with no forward hooks and no forward replaced on the instance (accelerate's
+    hooks do that): calling its function directly computes what calling the module would."""
+    return (type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+            and "forward" not in vars(module))
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' `apply_rotary_pos_emb` on one tensor, `x * cos + rotate_half(x) * sin`, in fewer passes:
     rotate_half(x) is x rolled by half a head with its first half negated, and the sign goes into sin (a table of
-    (B, T, 1, hs)). Each pass over x is measurable in a small model's CPU step."""
+    (B, T, 1, hs)). Each pass over x is measurable in a small model's CPU step. Heads are even (the config
+    refuses odd ones with rotary positions), so the roll is rotate_half's swap of halves."""
     half = x.shape[-1] // 2
     signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
     return torch.addcmul(x * cos, x.roll(half, dims=-1), signed_sin)
@@ -163,13 +171,13 @@ class LlmkitGPTAttention(nn.Module):
                 query = _in_weight_dtype(self.q_norm, query).to(qkv.dtype)
                 key = _in_weight_dtype(self.k_norm, key).to(qkv.dtype)
             query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, nh, T, hs)
-        else:  # rotary: q and k normalised and rotated together, in the tables' dtype (fp32 unless the model is not)
+        else:  # rotary: q and k normalised and rotated together
             qk, value = qkv.split((2 * C, C), dim=2)
+            qk = qk.view(B, T, 2 * self.n_head, self.head_dim)  # (B, T, 2nh, hs)
+            if self.qk_norm:  # normalised over hs, before the rotation
+                qk = self._norm_qk(qk)
             cos, sin = position_embeddings  # (B, T, 1, hs)
-            qk = qk.view(B, T, 2 * self.n_head, self.head_dim).to(cos.dtype)  # (B, T, 2nh, hs)
-            if self.qk_norm:  # normalised over hs, before the rotation: q's and k's RMSNorm in one pass
-                qk = nn.functional.rms_norm(qk, (self.head_dim,), eps=self.q_norm.eps) * self._qk_scales(qk.dtype)
-            qk = _rotate(qk, cos, sin).to(qkv.dtype)
+            qk = _rotate(qk, cos, sin).to(qkv.dtype)  # in the wider of qk's and the tables' dtypes
             query, key = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs)
             value = value.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
@@ -193,10 +201,17 @@ class LlmkitGPTAttention(nn.Module):
         attn_output = attn_output.reshape(B, T, C)
         return self.resid_dropout(self.c_proj(attn_output)), attn_weights
 
-    def _qk_scales(self, dtype: torch.dtype) -> torch.Tensor:
-        """q_norm's and k_norm's learned scales, one row per head of q then of k: (2nh, hs)."""
-        n = self.n_head
-        return torch.cat((self.q_norm.weight.expand(n, -1), self.k_norm.weight.expand(n, -1))).to(dtype)
+    def _norm_qk(self, qk: torch.Tensor) -> torch.Tensor:
+        """q's and k's RMSNorm of (B, T, 2nh, hs), in the norms' weight dtype: one pass over both, with the two
+        scales side by side, when both are plain `nn.RMSNorm` modules; otherwise each module called on its half,
+        so that whatever wraps or hooks them (forward hooks, PEFT's layer-norm tuning, accelerate's offloading)
+        still sees its module run."""
+        q_norm, k_norm, n = self.q_norm, self.k_norm, self.n_head
+        if _plain_module(q_norm, nn.RMSNorm) and _plain_module(k_norm, nn.RMSNorm) and q_norm.eps == k_norm.eps:
+            dtype = q_norm.weight.dtype
+            scales = torch.cat((q_norm.weight.expand(n, -1), k_norm.weight.expand(n, -1))).to(dtype)  # (2nh, hs)
+            return nn.functional.rms_norm(qk.to(dtype), (self.head_dim,), eps=q_norm.eps) * scales
+        return torch.cat((_in_weight_dtype(q_norm, qk[:, :, :n]), _in_weight_dtype(k_norm, qk[:, :, n:])), dim=2)
 
 
 class LlmkitGPTMLP(nn.Module):

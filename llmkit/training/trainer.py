@@ -125,10 +125,11 @@ class LlmkitTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The Trainer's evaluation step, under `torch.inference_mode` as well as its `no_grad`: no autograd
         bookkeeping at all (views and version counters), which takes a measurable share of a small model's
-        evaluation on a CPU (benchmarks/wall_time.py). Sharded launches (FSDP, DeepSpeed) keep `no_grad` alone:
-        they gather parameters in the forward that their training steps then reuse, which inference tensors
-        cannot be."""
-        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        evaluation on a CPU (benchmarks/wall_time.py). Sharded models (FSDP, XLA FSDP, DeepSpeed, transformers'
+        own distributed loading) keep `no_grad` alone: they gather parameters in the forward that their training
+        steps then reuse, which inference tensors cannot be."""
+        sharded = bool(self.is_fsdp_enabled or self.is_fsdp_xla_enabled or self.is_deepspeed_enabled
+                       or getattr(self, "is_distributed_loading_by_transformers", False))
         with torch.inference_mode(not sharded):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
