@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 import re
 import shutil
@@ -158,6 +159,49 @@ def test_a_mistyped_setting_is_refused_before_torch_and_transformers_load(comman
                           timeout=120)
     assert proc.stdout.split() == ["2", "[]"], proc.stdout + proc.stderr[-3000:]
     assert error_lines(proc.stderr) == ["llmkit: error: unknown key model.n_layers; did you mean model.n_layer?"]
+
+
+# a step's activations on a CPU: tensors of 4 MB made, then freed last first, step after step; prints the page
+# faults of 20 steps (after a first one), in a process that ran llmkit's command line first or not
+ALLOCATIONS = """
+import os, resource, sys
+import torch
+if sys.argv[1] == "llmkit":
+    from llmkit.cli import main
+    assert main(["train", "configs/quickstart.yaml", "model.n_layers=2"]) == 2  # refused: main's set-up ran
+def step():
+    xs = [torch.ones(1 << 20) for _ in range(12)]
+    while xs:
+        xs.pop()
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's malloc's")
+def test_llmkit_processes_keep_the_memory_a_step_frees_for_the_next_step():
+    """llmkit's commands set glibc's malloc to keep freed memory (cli._keep_freed_memory): the pages a step's
+    tensors used are not faulted in again in the next step. A malloc setting of the user's own is left alone."""
+    def faults(mode: str, **env) -> int:
+        proc = subprocess.run([sys.executable, "-c", ALLOCATIONS, mode], cwd=REPO, env={**subprocess_env(), **env},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return int(proc.stdout.split()[-1])
+
+    plain, kept = faults("plain"), faults("llmkit")
+    users = faults("llmkit", MALLOC_TRIM_THRESHOLD_=str(128 << 10))  # glibc's default trim, set by hand
+    assert kept * 3 < plain, (kept, plain)
+    assert users > 3 * kept, (users, kept)
 
 
 def test_resume_without_a_checkpoint_says_so(corpus, tmp_path):
