@@ -202,8 +202,8 @@ def _keep_freed_memory() -> bool:
     the heap's free top past 128 KB (its thresholds adapt upward, but not reliably to such a mix of sizes), so the same
     activations' pages fault in again in every step and every evaluation batch. Two `mallopt` settings (glibc's
     own tunables, as PyTorch's CPU tuning guide suggests an allocator for) serve blocks under 32 MB from the heap
-    and keep up to 256 MB of free heap top; peak memory is unchanged, and what a run frees stays with the process
-    until it exits. Measured in benchmarks/speedrun.py and benchmarks/wall_time.py (the README's "Time to
+    and keep up to 256 MB of free heap top; peak memory stays about the same, and what a run frees stays with the
+    process until it exits. Measured in benchmarks/speedrun.py and benchmarks/wall_time.py (the README's "Time to
     quality"). Not done, and the allocator left as it is: where the environment sets glibc's malloc itself
     (`MALLOC_*_` variables, `GLIBC_TUNABLES` with `glibc.malloc`), preloads another allocator (`LD_PRELOAD`
     naming one, such as jemalloc or tcmalloc), or on a C library other than glibc. Returns whether it was

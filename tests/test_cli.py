@@ -164,7 +164,7 @@ def test_a_mistyped_setting_is_refused_before_torch_and_transformers_load(comman
 # a step's activations on a CPU: tensors of 4 MB made, then freed last first, step after step; prints the page
 # faults of 20 steps (after a first one), in a process that ran llmkit's command line first or not
 ALLOCATIONS = """
-import os, resource, sys
+import resource, sys
 import torch
 if sys.argv[1] == "llmkit":
     from llmkit.cli import main
@@ -181,14 +181,20 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _glibc() -> bool:
+def _glibc_defaults() -> bool:
+    """glibc, with no malloc setting or allocator of this environment's own (which llmkit leaves in force)."""
+    from llmkit.cli import MALLOC_ENV
+
+    if (any(os.environ.get(name) for name in MALLOC_ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+            or "malloc" in os.environ.get("LD_PRELOAD", "")):
+        return False
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):
         return False
 
 
-@pytest.mark.skipif(not _glibc(), reason="the setting is glibc's malloc's")
+@pytest.mark.skipif(not _glibc_defaults(), reason="the setting is glibc's malloc's, where the environment sets none")
 def test_llmkit_processes_keep_the_memory_a_step_frees_for_the_next_step():
     """llmkit's commands set glibc's malloc to keep freed memory (cli._keep_freed_memory): the pages a step's
     tensors used are not faulted in again in the next step. A malloc setting of the user's own is left alone."""
