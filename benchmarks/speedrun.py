@@ -11,7 +11,7 @@ Records hold over seeds (modded-nanogpt's rule): the preset runs with `--seeds` 
 `--nanogpt-runs` (2), and the table gives each one's mean and spread of wall time and final loss, with a one-sided
 Welch t-test that the preset's final loss is below nanoGPT's (p < 0.05 to claim the record).
 
-`llmkit` sets glibc's malloc to keep the memory a step frees (llmkit/cli.py, `_keep_freed_memory`); nanoGPT's
+`llmkit` sets glibc's malloc to keep the memory a step frees (llmkit/cli.py, `keep_freed_memory`); nanoGPT's
 `train.py` runs with glibc's defaults, as its README runs it. `--nanogpt-with-llmkit-malloc` also runs nanoGPT
 with the same two settings (glibc's own MALLOC_*_ variables), beside its plain runs, to show what the setting alone
 is worth to it. Those runs are reported apart; the target and the speed-up are the plain runs'.

@@ -188,29 +188,31 @@ def _fast_exit() -> None:
         _fast_exit.done = True
 
 
-# glibc's malloc thresholds for llmkit's processes (see _keep_freed_memory)
-MMAP_THRESHOLD = 32 << 20  # the largest glibc allows on 64-bit systems: blocks below it come from the heap
+# glibc's malloc thresholds for llmkit's processes (see keep_freed_memory)
+MMAP_THRESHOLD = 32 << 20  # blocks below it come from the heap: the ceiling of glibc's own adaptive threshold
 TRIM_THRESHOLD = 256 << 20  # the free memory at the heap's top kept for the next step, not handed back at once
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
-def _keep_freed_memory() -> bool:
+def malloc_set_by_environment(env=os.environ) -> bool:
+    """The environment chooses the allocator's settings itself: any of glibc's `MALLOC_*` variables, `GLIBC_TUNABLES`
+    with `glibc.malloc`, or another allocator preloaded (`LD_PRELOAD` naming jemalloc, tcmalloc, mimalloc, ...)."""
+    return (any(name.startswith("MALLOC_") for name in env) or "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
+            or "malloc" in env.get("LD_PRELOAD", ""))
+
+
+def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a step frees for the next step, rather than return it to the system and
     take page faults to get it back. A forward and backward on a CPU allocate tensors of hundreds of KB to tens
     of MB and free them within the step. glibc's defaults serve blocks of 128 KB and more with fresh mappings and trim
-    the heap's free top past 128 KB (its thresholds adapt upward, but not reliably to such a mix of sizes), so the same
-    activations' pages fault in again in every step and every evaluation batch. Two `mallopt` settings (glibc's
-    own tunables, as PyTorch's CPU tuning guide suggests an allocator for) serve blocks under 32 MB from the heap
-    and keep up to 256 MB of free heap top; peak memory stays about the same, and what a run frees stays with the
-    process until it exits. Measured in benchmarks/speedrun.py and benchmarks/wall_time.py (the README's "Time to
-    quality"). Not done, and the allocator left as it is: where the environment sets glibc's malloc itself
-    (`MALLOC_*_` variables, `GLIBC_TUNABLES` with `glibc.malloc`), preloads another allocator (`LD_PRELOAD`
-    naming one, such as jemalloc or tcmalloc), or on a C library other than glibc. Returns whether it was
-    done."""
-    env = os.environ
-    if (any(env.get(name) for name in MALLOC_ENV) or "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
-            or "malloc" in env.get("LD_PRELOAD", "")):
+    the heap's free top past 128 KB (both thresholds adapt upward as mapped blocks are freed, but not reliably to
+    such a mix of sizes), so the same activations' pages fault in again in every step and every evaluation batch.
+    Two `mallopt` settings, glibc's own (where PyTorch's CPU tuning guide preloads another allocator), serve blocks
+    under 32 MB from the heap and keep up to 256 MB of free heap top; what a run frees stays with the process until
+    it exits. Measured in benchmarks/cpu_malloc.py and benchmarks/speedrun.py (the README's "Time to quality").
+    Not done, and the allocator left as it is, where `malloc_set_by_environment()` or on a C library other than
+    glibc. Returns whether it was done."""
+    if malloc_set_by_environment():
         return False
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
@@ -224,9 +226,10 @@ def _keep_freed_memory() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _keep_freed_memory()  # first: before torch and transformers allocate anything
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command != "serve":  # before torch loads; a server computes in its model's process, and runs for days
+        keep_freed_memory()
     if extra:  # overrides may come after a flag: `llmkit train CFG --resume training.max_steps=3000`
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]

@@ -183,20 +183,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _glibc_defaults() -> bool:
     """glibc, with no malloc setting or allocator of this environment's own (which llmkit leaves in force)."""
-    from llmkit.cli import MALLOC_ENV
+    from llmkit.cli import malloc_set_by_environment
 
-    if (any(os.environ.get(name) for name in MALLOC_ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
-            or "malloc" in os.environ.get("LD_PRELOAD", "")):
-        return False
     try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+        return not malloc_set_by_environment() and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):
         return False
 
 
 @pytest.mark.skipif(not _glibc_defaults(), reason="the setting is glibc's malloc's, where the environment sets none")
 def test_llmkit_processes_keep_the_memory_a_step_frees_for_the_next_step():
-    """llmkit's commands set glibc's malloc to keep freed memory (cli._keep_freed_memory): the pages a step's
+    """llmkit's commands set glibc's malloc to keep freed memory (cli.keep_freed_memory): the pages a step's
     tensors used are not faulted in again in the next step. A malloc setting of the user's own is left alone."""
     def faults(mode: str, **env) -> int:
         proc = subprocess.run([sys.executable, "-c", ALLOCATIONS, mode], cwd=REPO, env={**subprocess_env(), **env},
