@@ -88,11 +88,11 @@ def main():
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.evals, not args.fp32)))
         return
-    from llmkit.cli import malloc_set_by_environment
+    from llmkit.cli import glibc_malloc_at_defaults
 
-    if malloc_set_by_environment():
-        raise SystemExit("this environment sets malloc itself (MALLOC_*, GLIBC_TUNABLES or LD_PRELOAD): unset it to "
-                         "compare glibc's defaults with llmkit's settings")
+    if not glibc_malloc_at_defaults():
+        raise SystemExit("this compares glibc's malloc defaults with llmkit's settings: it needs glibc, and an "
+                         "environment without MALLOC_* variables, GLIBC_TUNABLES or an allocator in LD_PRELOAD")
     runs = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         for variant in VARIANTS:

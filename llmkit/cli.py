@@ -194,11 +194,18 @@ TRIM_THRESHOLD = 256 << 20  # the free memory at the heap's top kept for the nex
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 
 
-def malloc_set_by_environment(env=os.environ) -> bool:
-    """The environment chooses the allocator's settings itself: any of glibc's `MALLOC_*` variables, `GLIBC_TUNABLES`
-    with `glibc.malloc`, or another allocator preloaded (`LD_PRELOAD` naming jemalloc, tcmalloc, mimalloc, ...)."""
-    return (any(name.startswith("MALLOC_") for name in env) or "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
-            or "malloc" in env.get("LD_PRELOAD", ""))
+def glibc_malloc_at_defaults() -> bool:
+    """This process runs on glibc, and its environment leaves malloc's settings to it: none of glibc's `MALLOC_*`
+    variables, no `GLIBC_TUNABLES` with `glibc.malloc`, no other allocator preloaded (`LD_PRELOAD` naming jemalloc,
+    tcmalloc, mimalloc, ...)."""
+    env = os.environ
+    if (any(name.startswith("MALLOC_") for name in env) or "glibc.malloc." in env.get("GLIBC_TUNABLES", "")
+            or "malloc" in env.get("LD_PRELOAD", "")):
+        return False
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, OSError, ValueError):  # not glibc (macOS, Windows, musl)
+        return False
 
 
 def keep_freed_memory() -> bool:
@@ -210,17 +217,14 @@ def keep_freed_memory() -> bool:
     Two `mallopt` settings, glibc's own (where PyTorch's CPU tuning guide preloads another allocator), serve blocks
     under 32 MB from the heap and keep up to 256 MB of free heap top; what a run frees stays with the process until
     it exits. Measured in benchmarks/cpu_malloc.py and benchmarks/speedrun.py (the README's "Time to quality").
-    Not done, and the allocator left as it is, where `malloc_set_by_environment()` or on a C library other than
-    glibc. Returns whether it was done."""
-    if malloc_set_by_environment():
+    Not done, and the allocator left as it is, unless `glibc_malloc_at_defaults()`. Returns whether it was done."""
+    if not glibc_malloc_at_defaults():
         return False
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            return False
-        import ctypes
+    import ctypes
 
+    try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, ValueError):  # not glibc (macOS, Windows, musl)
+    except (AttributeError, OSError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 

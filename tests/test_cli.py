@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import re
 import shutil
@@ -13,6 +12,8 @@ import sys
 import pytest
 import yaml
 from conftest import REPO, subprocess_env
+
+from llmkit.cli import glibc_malloc_at_defaults
 
 CORPUS_CHARS = 120_000
 
@@ -181,17 +182,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _glibc_defaults() -> bool:
-    """glibc, with no malloc setting or allocator of this environment's own (which llmkit leaves in force)."""
-    from llmkit.cli import malloc_set_by_environment
-
-    try:
-        return not malloc_set_by_environment() and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-@pytest.mark.skipif(not _glibc_defaults(), reason="the setting is glibc's malloc's, where the environment sets none")
+@pytest.mark.skipif(not glibc_malloc_at_defaults(), reason="the setting is glibc's malloc's, where the environment sets none")
 def test_llmkit_processes_keep_the_memory_a_step_frees_for_the_next_step():
     """llmkit's commands set glibc's malloc to keep freed memory (cli.keep_freed_memory): the pages a step's
     tensors used are not faulted in again in the next step. A malloc setting of the user's own is left alone."""
