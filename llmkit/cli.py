@@ -10,6 +10,8 @@ parameters (`temperature`, `stride`); this module renames them to its flags (`--
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import sys
@@ -181,11 +183,30 @@ def _fast_exit() -> None:
     benchmarks/startup.py). Objects are still released by reference counting; every file llmkit writes is closed
     before its command returns."""
     import atexit
-    import gc
 
     if not getattr(_fast_exit, "done", False):
         atexit.register(gc.freeze)
         _fast_exit.done = True
+
+
+@contextlib.contextmanager
+def libraries_loading():
+    """A command's libraries (torch, transformers, datasets, peft: close to a million Python objects) load with
+    Python's cyclic garbage collector paused, and what they made is then frozen (`gc.freeze`: kept until exit and
+    never walked again, as modules are). Collecting while they load walks the growing heap again and again: about a
+    fifth of the import time, and later full collections during training walk it all once more (measured in
+    benchmarks/startup.py and benchmarks/speedrun.py). The cyclic garbage the imports leave (a few MB) stays with
+    the process. Done only where torch is not loaded yet and the collector is on: an in-process caller's heap (a
+    notebook, the tests) is left as it is."""
+    paused = "torch" not in sys.modules and gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.freeze()
+            gc.enable()
 
 
 # glibc's malloc thresholds for llmkit's processes (see keep_freed_memory)
@@ -245,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import OneLineError, ParameterError, first_line
 
     if args.command not in CONFIG_FIRST:
-        quiet_library_output()
+        with libraries_loading():  # transformers' logging module brings torch and transformers in
+            quiet_library_output()
     _fast_exit()
 
     try:
@@ -285,9 +307,10 @@ def _one_line(message: str, code: int) -> int:
 def cmd_prepare(args) -> int:
     from .config import load_config
 
-    cfg = load_config(args.config, args.overrides)  # CONFIG_FIRST
-    quiet_library_output()
-    from .data import prepare_data, summary
+    with libraries_loading():  # checking the config brings transformers in (its TrainingArguments)
+        cfg = load_config(args.config, args.overrides)  # CONFIG_FIRST
+        quiet_library_output()
+        from .data import prepare_data, summary
 
     data = prepare_data(cfg)
     print(summary(data, cfg.block_size))
@@ -298,10 +321,11 @@ def cmd_train(args) -> int:
     from .config import load_config
 
     started = _process_start()
-    cfg = load_config(args.config, args.overrides)  # CONFIG_FIRST
-    quiet_library_output()
-    from .report import ReportCallback, write_report
-    from .training import WallClock, run_folder, train
+    with libraries_loading():  # checking the config brings transformers in (its TrainingArguments)
+        cfg = load_config(args.config, args.overrides)  # CONFIG_FIRST
+        quiet_library_output()
+        from .report import ReportCallback, write_report
+        from .training import WallClock, run_folder, train
 
     clock = WallClock(since=started)
     out = run_folder(cfg, args.output_dir)
@@ -325,7 +349,19 @@ def cmd_train(args) -> int:
 
 
 def _process_start() -> float | None:
-    """This process's start (epoch seconds), for the run's "start-up" phase: interpreter and imports."""
+    """This process's start (epoch seconds), for the run's "start-up" phase: interpreter and imports.
+
+    On Linux, the kernel's own start time (clock ticks since boot, /proc/self/stat) against the boot-time clock now.
+    psutil's `create_time` adds those ticks to /proc/stat's boot time in whole seconds, so it can run up to a second
+    early (0.7 s on the machine the benchmarks ran on); it serves the other platforms."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime: after the command name
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, AttributeError, ValueError, IndexError):  # not Linux
+        pass
     try:
         import psutil  # accelerate's dependency
 

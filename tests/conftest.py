@@ -206,11 +206,13 @@ def kill_and_resume(root: pathlib.Path, overrides: list[str], *, kill_after: int
     assert checkpoint is not None
     resumed_at = int(checkpoint.name.split("-")[1])
     assert kill_after <= resumed_at < max_steps
+    started = time.time()
     res = subprocess.run(llmkit_cmd("train", *overrides, "--output-dir", killed, "--resume"), cwd=root,
                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    resume_wall = time.time() - started  # the resumed process, start to exit, timed from outside
     assert res.returncode == 0, res.stderr[-3000:]
     return dict(killed=killed, straight=straight, resumed_at=resumed_at, resume_stderr=res.stderr,
-                straight_stderr=(root / "straight.log").read_text())
+                straight_stderr=(root / "straight.log").read_text(), resume_wall=resume_wall)
 
 
 def assert_resumed_like_uninterrupted(run: dict, max_steps: int = 60, logging_steps: int = 5) -> None:

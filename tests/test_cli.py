@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, subprocess_env
 
-from llmkit.cli import glibc_malloc_at_defaults
+from llmkit.cli import glibc_malloc_at_defaults, libraries_loading
 
 CORPUS_CHARS = 120_000
 
@@ -196,6 +196,53 @@ def test_llmkit_processes_keep_the_memory_a_step_frees_for_the_next_step():
     users = faults("llmkit", MALLOC_TRIM_THRESHOLD_=str(128 << 10))  # glibc's default trim, set by hand
     assert kept * 3 < plain, (kept, plain)
     assert users > 3 * kept, (users, kept)
+
+
+# counts the full collections of Python's garbage collector that walk an unfrozen heap (none frozen yet), while a
+# process imports the libraries plainly or runs llmkit's command line
+COLLECTIONS = """
+import gc, sys
+walks = []
+gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2
+                    and walks.append(gc.get_freeze_count()))
+if sys.argv[1] == "plain":
+    import llmkit.training
+    code = 0
+else:
+    from llmkit.cli import main
+    code = main(sys.argv[1:])
+print(code, gc.isenabled(), gc.get_freeze_count(), walks.count(0))
+"""
+
+
+@pytest.mark.parametrize("command", ["prepare", "generate"])
+def test_libraries_load_without_collections_and_stay_frozen(command, corpus, cli_run, tmp_path):
+    """cli.libraries_loading: torch, transformers and the rest load with the cyclic garbage collector paused (a
+    plain import walks the growing heap in full collections again and again); what they made is then frozen and
+    the collector is on again for the command's own work. Both the config-first commands and the others."""
+    def run(*args) -> list[str]:
+        proc = subprocess.run([sys.executable, "-c", COLLECTIONS, *map(str, args)], cwd=tmp_path,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.split()[-4:]
+
+    code, enabled, frozen, walks = run("plain")
+    assert int(frozen) == 0 and int(walks) > 0, (frozen, walks)  # the control: full walks while importing
+    args = (["prepare", *TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}"] if command == "prepare"
+            else ["generate", cli_run[0], "--prompt", "a", "--max-new-tokens", "2", "--greedy"])
+    code, enabled, frozen, walks = run(*args)
+    assert (code, enabled, walks) == ("0", "True", "0")
+    assert int(frozen) > 100_000  # the libraries' objects
+
+
+def test_libraries_loading_leaves_an_in_process_callers_heap_alone():
+    """Where torch is loaded already (a notebook, these tests), the collector is neither paused nor frozen."""
+    import gc
+
+    before = gc.get_freeze_count()
+    with libraries_loading():
+        assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == before
 
 
 def test_resume_without_a_checkpoint_says_so(corpus, tmp_path):

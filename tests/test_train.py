@@ -188,6 +188,11 @@ def test_a_cli_run_says_where_its_wall_time_went(resumed_run):
     between = phases["training steps"] + phases["data loading"] + phases["logging"] + phases["checkpoints"]
     assert phases["training steps"] <= metrics["train_tokens"] / metrics["train_tokens_per_second"] <= between + 0.5
     assert total > metrics["wall_seconds"]  # the run's own clock starts at on_train_begin, after start-up
+    # the start-up phase starts at the process's start, not before it: the resumed process's phases fit in its
+    # time from outside (psutil's create_time, on /proc/stat's whole-second boot time, ran up to a second early)
+    resumed = read_json(resumed_run["killed"] / "metrics.json")["wall_seconds_by_phase"]
+    assert resumed["start-up"] > 0.3
+    assert resumed["total"] <= resumed_run["resume_wall"]
 
 
 def test_evaluations_during_training_score_a_fixed_subsample_and_the_end_the_whole_split(corpus, tmp_path):
