@@ -409,3 +409,35 @@ def test_the_cpu_bf16_default_follows_the_measurements_on_record():
     assert {name: cpu_bf16_pays(*shape, amx=False) for name, shape in shapes.items()} == {
         "quickstart": True, "tiny": True, "shakespeare-char-cpu": False, "shakespeare-char-speedrun": False,
         "small": True}
+
+
+def test_samples_during_a_mixed_precision_run_decode_without_autocast(corpus, tmp_path):
+    """Samples decode with the model's own forward, not accelerate's bf16 autocast wrapper (own_precision in
+    llmkit/training/callbacks.py): training forwards run under autocast, sample forwards (one row, past the
+    context too) in fp32, and the last step's sample is what the saved model generates with the run's settings."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from llmkit.models.generation import generate_texts
+    from llmkit.training.callbacks import sample_kwargs
+
+    forwards = []  # (gradients on, rows, autocast on), seen inside the model's forward (from its head)
+
+    class Watch(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            model.lm_head.register_forward_pre_hook(lambda module, inputs: forwards.append(
+                (torch.is_grad_enabled(), inputs[0].shape[0], torch.is_autocast_enabled("cpu"))))
+
+    cfg = load_config(None, [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+                             f"training.output_dir={tmp_path / 'run'}", "training.bf16=true", "training.max_steps=30",
+                             "training.eval_steps=15", "sample.max_new_tokens=40"])
+    train(cfg, callbacks=[Watch()])
+    training = [f for f in forwards if f[0]]
+    samples = [f for f in forwards if not f[0] and f[1] == 1]
+    assert len(training) == 30 and all(f[2] for f in training)  # the run is mixed precision
+    assert len(samples) >= 2 * 40 and not any(f[2] for f in samples)
+    run = tmp_path / "run"
+    (last,) = [s for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines()) if s["step"] == 30]
+    model, tok = AutoModelForCausalLM.from_pretrained(run), AutoTokenizer.from_pretrained(run)
+    assert generate_texts(model, tok, [last["prompt"]], **sample_kwargs(cfg)) == [last["text"]]

@@ -173,7 +173,7 @@ class FeedbackCallback(TrainerCallback):
     def _samples(self, model, step: int, write: bool = True) -> None:
         from ..models.generation import generate_texts
 
-        with training_rng_untouched():
+        with training_rng_untouched(), own_precision(model):
             texts = generate_texts(model, self.tokenizer, self.cfg.sample.prompts, **sample_kwargs(self.cfg),
                                    chat=self.cfg.data.format in ("instruct", "preference"))
         if not write:
@@ -217,6 +217,25 @@ def training_rng_untouched():
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def own_precision(model):
+    """Generate with the model's own forward, not the autocast wrapper accelerate's mixed precision puts around it
+    for training (`prepare_model` keeps the original as `_original_forward`, as `unwrap_model` uses it). Decoding
+    runs a forward per token without gradients, where autocast keeps no cast weights: each linear layer casts its
+    fp32 weight to bf16 again for every token (the "samples" phase of benchmarks/wall_time.py). The weights are
+    fp32; the samples are what the saved model generates."""
+    original = model.__dict__.get("_original_forward")
+    wrapper = model.__dict__.get("forward")
+    if original is None or wrapper is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = wrapper
 
 
 def sample_kwargs(cfg: Config) -> dict:
