@@ -1,8 +1,8 @@
 """How fast the command line answers: `llmkit --help`, `llmkit generate RUN --help`, an argument error, a
 mistyped setting in `llmkit train`, and a one-token `generate`, each a whole process, best of 5 (seconds).
 
-    python benchmarks/startup.py [--repo PATH]   (another llmkit checkout, e.g. an older commit, to compare)
-Writes benchmarks/results/startup.json (or startup_<name>.json for another checkout).
+    python benchmarks/startup.py [--repo PATH [--name NAME]]   (another llmkit checkout, e.g. an older commit)
+Writes benchmarks/results/startup.json (or startup_NAME.json for another checkout, with that checkout's commit).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def tiny_run(work: pathlib.Path, env: dict) -> pathlib.Path:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=pathlib.Path, default=REPO)
+    parser.add_argument("--name", help="results file for another checkout: startup_NAME.json (default: its folder)")
     args = parser.parse_args()
     env = dict(os.environ, PYTHONPATH=str(args.repo), HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     work = pathlib.Path(tempfile.mkdtemp(prefix="llmkit-startup-"))
@@ -65,8 +66,9 @@ def main():
          "seconds": best([*cli, "generate", str(run), "--prompt", "a", "--max-new-tokens", "1", "--device", "cpu"],
                          env)},
     ]
-    name = "startup" if args.repo.resolve() == REPO else f"startup_{args.repo.name}"
-    report(name, rows, extra={"repo": str(args.repo)})
+    name = "startup" if args.repo.resolve() == REPO else f"startup_{args.name or args.repo.name}"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.repo, capture_output=True, text=True).stdout.strip()
+    report(name, rows, extra={"repo": str(args.repo), "repo_commit": commit or None})
 
 
 if __name__ == "__main__":

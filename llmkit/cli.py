@@ -191,13 +191,12 @@ def _fast_exit() -> None:
 
 @contextlib.contextmanager
 def libraries_loading():
-    """A command's libraries (torch, transformers, datasets, peft: close to a million Python objects) load with
-    Python's cyclic garbage collector paused, and what they made is then frozen (`gc.freeze`: kept until exit and
-    never walked again, as modules are). Collecting while they load walks the growing heap again and again: about a
-    fifth of the import time, and later full collections during training walk it all once more (measured in
-    benchmarks/startup.py and benchmarks/speedrun.py). The cyclic garbage the imports leave (a few MB) stays with
-    the process. Done only where torch is not loaded yet and the collector is on: an in-process caller's heap (a
-    notebook, the tests) is left as it is."""
+    """A command's libraries (torch, transformers, datasets, peft) load with Python's cyclic garbage collector
+    paused, and what they made is then frozen (`gc.freeze`: kept until exit and never walked again, as modules are).
+    Collecting while they load walks the growing heap again and again, and later full collections during training
+    walk it all once more (benchmarks/startup.py, benchmarks/speedrun.py; the README's "Time to quality"). The
+    cyclic garbage the imports leave stays with the process. Done only where torch is not loaded yet (a command-line
+    process) and the collector is on: a caller with torch loaded (a notebook, the tests) keeps its heap as it is."""
     paused = "torch" not in sys.modules and gc.isenabled()
     if paused:
         gc.disable()
@@ -353,13 +352,15 @@ def _process_start() -> float | None:
 
     On Linux, the kernel's own start time (clock ticks since boot, /proc/self/stat) against the boot-time clock now.
     psutil's `create_time` adds those ticks to /proc/stat's boot time in whole seconds, so it can run up to a second
-    early (0.7 s on the machine the benchmarks ran on); it serves the other platforms."""
+    early; it serves the other platforms, and a /proc that gives no sensible answer."""
     import time
 
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime: after the command name
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK"))
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        if 0.0 <= age < 86400.0:  # this process's age: anything else is an emulated /proc's answer
+            return time.time() - age
     except (OSError, AttributeError, ValueError, IndexError):  # not Linux
         pass
     try:

@@ -422,21 +422,24 @@ def test_samples_during_a_mixed_precision_run_decode_without_autocast(corpus, tm
     from llmkit.models.generation import generate_texts
     from llmkit.training.callbacks import sample_kwargs
 
-    forwards = []  # (gradients on, rows, autocast on), seen inside the model's forward (from its head)
+    forwards = []  # (what, autocast on), seen inside the model's forward (from its head)
+
+    def what() -> str:  # training with gradients, evaluation in inference mode, samples in generate's no_grad
+        return "train" if torch.is_grad_enabled() else "eval" if torch.is_inference_mode_enabled() else "sample"
 
     class Watch(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
             model.lm_head.register_forward_pre_hook(lambda module, inputs: forwards.append(
-                (torch.is_grad_enabled(), inputs[0].shape[0], torch.is_autocast_enabled("cpu"))))
+                (what(), torch.is_autocast_enabled("cpu"))))
 
     cfg = load_config(None, [*TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
                              f"training.output_dir={tmp_path / 'run'}", "training.bf16=true", "training.max_steps=30",
                              "training.eval_steps=15", "sample.max_new_tokens=40"])
     train(cfg, callbacks=[Watch()])
-    training = [f for f in forwards if f[0]]
-    samples = [f for f in forwards if not f[0] and f[1] == 1]
-    assert len(training) == 30 and all(f[2] for f in training)  # the run is mixed precision
-    assert len(samples) >= 2 * 40 and not any(f[2] for f in samples)
+    autocast = {kind: [on for k, on in forwards if k == kind] for kind in ("train", "eval", "sample")}
+    assert len(autocast["train"]) == 30 and all(autocast["train"])  # the run is mixed precision
+    assert autocast["eval"] and all(autocast["eval"])  # evaluations score as the model trains
+    assert len(autocast["sample"]) >= 2 * 40 and not any(autocast["sample"])
     run = tmp_path / "run"
     (last,) = [s for s in map(json.loads, (run / "samples.jsonl").read_text().splitlines()) if s["step"] == 30]
     model, tok = AutoModelForCausalLM.from_pretrained(run), AutoTokenizer.from_pretrained(run)

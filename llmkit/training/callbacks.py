@@ -225,10 +225,12 @@ def own_precision(model):
     for training (`prepare_model` keeps the original as `_original_forward`, as `unwrap_model` uses it). Decoding
     runs a forward per token without gradients, where autocast keeps no cast weights: each linear layer casts its
     fp32 weight to bf16 again for every token (the "samples" phase of benchmarks/wall_time.py). The weights are
-    fp32; the samples are what the saved model generates."""
+    fp32; the samples are what the saved model generates. Attention kernels that take half precision only
+    (flash-attention, hub kernels) keep the wrapper: they would refuse fp32 inputs."""
     original = model.__dict__.get("_original_forward")
     wrapper = model.__dict__.get("forward")
-    if original is None or wrapper is None:
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if original is None or wrapper is None or attention not in ("eager", "sdpa"):
         yield
         return
     model.forward = original
