@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fast_exit() -> None:
     """At exit, freeze the garbage collector's view of the heap: Python's final collection otherwise walks every
-    object torch and transformers made (about 1 s of every command after a Trainer import, measured with
+    object the command made, and the libraries' where they were not frozen as they loaded (`libraries_loading`;
     benchmarks/startup.py). Objects are still released by reference counting; every file llmkit writes is closed
     before its command returns."""
     import atexit
