@@ -216,22 +216,31 @@ print(code, gc.isenabled(), gc.get_freeze_count(), walks.count(True))
 """
 
 
+def collections(*args, cwd: pathlib.Path) -> list[str]:
+    """COLLECTIONS in a subprocess: exit code, collector on, objects frozen, collections over an unfrozen heap."""
+    proc = subprocess.run([sys.executable, "-c", COLLECTIONS, *map(str, args)], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.split()[-4:]
+
+
+@pytest.fixture(scope="module")
+def plain_import_collections(tmp_path_factory) -> list[str]:
+    """The control, once for the module: a plain import of the libraries."""
+    return collections("plain", cwd=tmp_path_factory.mktemp("plain"))
+
+
 @pytest.mark.parametrize("command", ["prepare", "generate"])
-def test_libraries_load_without_collections_and_stay_frozen(command, corpus, cli_run, tmp_path):
+def test_libraries_load_without_collections_and_stay_frozen(command, plain_import_collections, corpus, cli_run,
+                                                            tmp_path):
     """cli.libraries_loading: torch, transformers and the rest load with the cyclic garbage collector paused (a
     plain import walks the growing heap again and again); what they made is then frozen and the collector is on
     again for the command's own work. Both the config-first commands and the others."""
-    def run(*args) -> list[str]:
-        proc = subprocess.run([sys.executable, "-c", COLLECTIONS, *map(str, args)], cwd=tmp_path,
-                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout.split()[-4:]
-
-    code, enabled, frozen, walks = run("plain")
+    code, enabled, frozen, walks = plain_import_collections
     assert int(frozen) == 0 and int(walks) > 0, (frozen, walks)  # the control: walks while importing
     args = (["prepare", *TINY, f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}"] if command == "prepare"
             else ["generate", cli_run[0], "--prompt", "a", "--max-new-tokens", "2", "--greedy"])
-    code, enabled, frozen, walks = run(*args)
+    code, enabled, frozen, walks = collections(*args, cwd=tmp_path)
     assert (code, enabled, walks) == ("0", "True", "0")
     assert int(frozen) > 100_000  # the libraries' objects
 
